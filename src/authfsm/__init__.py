@@ -1,0 +1,54 @@
+"""
+authfsm: an explicit state machine for OAuth credentials shared by many processes.
+
+One refresh per rotation fleet-wide, no refresh storms after a permanent failure, no adoption of
+another user's credential, recovery judged against the rejected token.
+"""
+
+from __future__ import annotations
+
+from .engine import (
+    AccountMismatch,
+    AuthEngine,
+    AuthError,
+    AuthStatus,
+    Credentials,
+    Identity,
+    IdentityClaims,
+    IllegalTransition,
+    InvalidCredentials,
+    Kind,
+    LeaseTimeout,
+    Policy,
+    ReauthRequired,
+    RefreshFailed,
+    StorageCorrupt,
+    StorageUnavailable,
+    WriteConflict,
+)
+from .states import TRANSITIONS, State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TRANSITIONS",
+    "AccountMismatch",
+    "AuthEngine",
+    "AuthError",
+    "AuthStatus",
+    "Credentials",
+    "Identity",
+    "IdentityClaims",
+    "IllegalTransition",
+    "InvalidCredentials",
+    "Kind",
+    "LeaseTimeout",
+    "Policy",
+    "ReauthRequired",
+    "RefreshFailed",
+    "State",
+    "StorageCorrupt",
+    "StorageUnavailable",
+    "WriteConflict",
+    "__version__",
+]

@@ -1,0 +1,637 @@
+"""
+The OAuth token endpoint adapter: spends a refresh token over HTTP and classifies the outcome.
+
+This module owns the wire protocol of RFC 6749 §6 (refresh) and RFC 7009 (revoke) and the rules
+that turn every reply, hostile or not, into a :class:`Refreshed`, :class:`TransientFailure` or
+:class:`PermanentFailure`. It must not raise for a network or HTTP problem, must not adopt a
+malformed reply, and must never put token material or the client secret into a reason, code,
+description or repr.
+
+Request building (:func:`build_refresh_request`, :func:`build_revoke_request`), body reading
+(:class:`CappedBody`) and classification (:func:`classify_refresh`, :func:`parse_retry_after`)
+are pure and shared by the sync and async paths; only the loops that move bytes differ.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote, quote_plus, urlencode
+
+import attrs
+import httpx
+
+from ..engine._credentials import Credentials
+from ..engine._ports import (
+    PERMANENT_ERROR_CODES,
+    PermanentFailure,
+    Refreshed,
+    RefreshOutcome,
+    TransientFailure,
+)
+
+# The pure pieces below are public within this private module so tests can drive them directly.
+__all__ = ["OAuthTokenEndpoint"]
+
+ClientAuth = Literal["client_secret_basic", "client_secret_post"]
+BodyFormat = Literal["form", "json"]
+
+#: Parameters the adapter writes itself; ``extra_params`` may not override them.
+_RESERVED_PARAMS = frozenset(
+    {
+        "grant_type",
+        "refresh_token",
+        "client_id",
+        "client_secret",
+        "scope",
+        "token",
+        "token_type_hint",
+    }
+)
+_CODE_CHARS = re.compile(r"[a-z0-9_.-]+")
+_DIGITS = re.compile(r"[0-9]+")
+_NUMERIC = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_MAX_CODE = 64
+_MAX_DESCRIPTION = 200
+_REDACTED = "[redacted]"
+
+
+@attrs.frozen(kw_only=True)
+class PreparedRequest:
+    """One POST to send: everything but the transport. Headers and body may hold secrets."""
+
+    url: str
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    content: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class Reply:
+    """
+    What came back, reduced to what classification needs.
+
+    Attributes:
+        status: the HTTP status.
+        retry_after: the raw ``Retry-After`` header, if any.
+        body: the (decoded) body, or None when :attr:`problem` says why it is unusable.
+        problem: ``"response_too_large"`` or ``"invalid_response:content_encoding"``, else None.
+    """
+
+    status: int
+    retry_after: str | None = None
+    body: bytes | None = attrs.field(default=None, repr=False)
+    problem: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class EndpointSettings:
+    """Everything a request is built from; fixed when the endpoint is made."""
+
+    token_url: str
+    client_id: str
+    client_secret: str | None = attrs.field(repr=False)
+    client_auth: ClientAuth
+    body_format: BodyFormat
+    scope: str | None
+    extra_params: Mapping[str, str]
+    revoke_url: str | None
+    headers: Mapping[str, str]
+
+
+# -- request building ------------------------------------------------------------------------
+
+
+def _basic_credentials(client_id: str, client_secret: str) -> str:
+    # RFC 6749 §2.3.1: form-urlencode both parts *before* base64, so ':' and non-ASCII survive.
+    pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}"
+    return "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii")
+
+
+def _prepare(settings: EndpointSettings, url: str, params: dict[str, str]) -> PreparedRequest:
+    # Protocol headers replace the caller's (case-insensitively); the caller's others pass.
+    headers = httpx.Headers(settings.headers)
+    headers["Accept"] = "application/json"
+    # The response is tiny; asking for identity keeps the size cap about bytes on the wire.
+    headers["Accept-Encoding"] = "identity"
+    params["client_id"] = settings.client_id
+    if settings.client_secret is not None:
+        if settings.client_auth == "client_secret_basic":
+            headers["Authorization"] = _basic_credentials(
+                settings.client_id, settings.client_secret
+            )
+        else:
+            params["client_secret"] = settings.client_secret
+    if settings.body_format == "json":
+        headers["Content-Type"] = "application/json"
+        content = json.dumps(params, separators=(",", ":")).encode("utf-8")
+    else:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        content = urlencode(params).encode("ascii")
+    return PreparedRequest(url=url, headers=dict(headers.items()), content=content)
+
+
+def build_refresh_request(settings: EndpointSettings, refresh_token: str) -> PreparedRequest:
+    """The RFC 6749 §6 refresh request for ``refresh_token``."""
+    params = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    if settings.scope is not None:
+        params["scope"] = settings.scope
+    params.update(settings.extra_params)
+    return _prepare(settings, settings.token_url, params)
+
+
+def build_revoke_request(
+    settings: EndpointSettings, revoke_url: str, credentials: Credentials
+) -> PreparedRequest:
+    """The RFC 7009 revocation request: the refresh token if there is one, else the access token."""
+    if credentials.refresh_token is not None:
+        params = {"token": credentials.refresh_token, "token_type_hint": "refresh_token"}
+    else:
+        params = {"token": credentials.access_token, "token_type_hint": "access_token"}
+    return _prepare(settings, revoke_url, params)
+
+
+# -- body reading ----------------------------------------------------------------------------
+
+
+class CappedBody:
+    """
+    Collects a response body, keeping at most ``cap`` decoded bytes.
+
+    Fed raw chunks from the wire; decodes ``gzip``/``deflate`` itself with a bounded
+    decompressor so a small compressed body cannot expand past the cap. Holds at most ``cap``
+    bytes plus the raw chunk being fed.
+    """
+
+    def __init__(self, cap: int, content_encoding: str | None = None) -> None:
+        self._cap = cap
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.problem: str | None = None
+        encoding = (content_encoding or "identity").strip().lower()
+        self._inflate: Any = None
+        if encoding in {"gzip", "x-gzip", "deflate"}:
+            # 32 + MAX_WBITS accepts both gzip and zlib headers.
+            self._inflate = zlib.decompressobj(32 + zlib.MAX_WBITS)
+        elif encoding not in {"", "identity"}:
+            self.problem = "invalid_response:content_encoding"
+
+    @property
+    def done(self) -> bool:
+        """True once the body is known to be unusable: stop reading."""
+        return self.problem is not None
+
+    def declare_length(self, content_length: str | None) -> None:
+        """Give up before reading when an uncompressed body announces more than the cap."""
+        if self._inflate is None and content_length is not None:
+            length = content_length.strip()
+            if _DIGITS.fullmatch(length) and int(length) > self._cap:
+                self.problem = "response_too_large"
+
+    def feed(self, chunk: bytes) -> None:
+        """Add one raw chunk; sets :attr:`problem` when the body goes over the cap."""
+        if self.done or not chunk:
+            return
+        if self._inflate is not None:
+            try:
+                # Never inflate more than one byte past the cap.
+                chunk = self._inflate.decompress(chunk, self._cap - self._size + 1)
+            except zlib.error:
+                self.problem = "invalid_response:content_encoding"
+                return
+            if self._inflate.unconsumed_tail:
+                self.problem = "response_too_large"
+                return
+        self._size += len(chunk)
+        if self._size > self._cap:
+            self.problem = "response_too_large"
+            self._parts.clear()
+            return
+        self._parts.append(chunk)
+
+    def reply(self, status: int, retry_after: str | None) -> Reply:
+        """The finished :class:`Reply`."""
+        if self.done:
+            return Reply(status=status, retry_after=retry_after, problem=self.problem)
+        return Reply(status=status, retry_after=retry_after, body=b"".join(self._parts))
+
+
+# -- classification --------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """
+    Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP-date.
+
+    A date in the past gives 0; anything unparseable gives None.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if _DIGITS.fullmatch(text):
+        seconds = float(text)
+        return seconds if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _secret_forms(secrets: Iterable[str | None]) -> list[str]:
+    forms: set[str] = set()
+    for secret in secrets:
+        if secret:
+            # Servers sometimes echo the form-encoded value they received.
+            forms.update({secret, quote(secret, safe=""), quote_plus(secret)})
+    # Longest first, so a secret containing another is redacted whole.
+    return sorted(forms, key=len, reverse=True)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _mentions_secret(code: str, secrets: list[str]) -> bool:
+    for secret in secrets:
+        lowered = secret.lower()
+        # A truncated code may be a fragment of a token, not the whole of it.
+        if lowered in code or (len(code) >= 8 and code in lowered):
+            return True
+    return False
+
+
+def _load_json(body: bytes | None) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    # RecursionError: a deeply nested document fits easily under the size cap.
+    except (ValueError, RecursionError):
+        return None
+
+
+def _error_code(document: Any, secrets: list[str]) -> str | None:
+    if not isinstance(document, dict):
+        return None
+    error = document.get("error")
+    raw: str | None = None
+    if isinstance(error, str):
+        raw = error
+    elif isinstance(error, dict) and isinstance(nested := error.get("code"), str):
+        raw = nested
+    elif isinstance(top := document.get("code"), str):
+        raw = top
+    if not raw:
+        return None
+    code = raw.strip().lower()[:_MAX_CODE]
+    if not _CODE_CHARS.fullmatch(code) or _mentions_secret(code, secrets):
+        return "unknown"
+    return code
+
+
+def _error_description(document: Any, secrets: list[str]) -> str | None:
+    if not isinstance(document, dict):
+        return None
+    text = document.get("error_description")
+    error = document.get("error")
+    if not isinstance(text, str) and isinstance(error, dict):
+        text = error.get("message")  # the shape OpenAI and others use
+    if not isinstance(text, str) or not text:
+        return None
+    # Redact before truncating, or a token cut at the limit would escape as a fragment.
+    text = _redact(text, secrets)
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text[:_MAX_DESCRIPTION]
+
+
+def _expires_in(value: Any) -> float | Literal[False] | None:
+    """The lifetime in seconds, None when absent, False when malformed."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        text = value.strip()
+        if not _NUMERIC.fullmatch(text):
+            return False
+        value = text
+    elif not isinstance(value, int | float):
+        return False
+    try:
+        seconds = float(value)
+    except (OverflowError, ValueError):
+        return False
+    return seconds if math.isfinite(seconds) and seconds > 0 else False
+
+
+def _success(document: Any, status: int) -> RefreshOutcome:
+    def invalid(what: str) -> TransientFailure:
+        return TransientFailure(reason=f"invalid_response:{what}", status=status)
+
+    if not isinstance(document, dict):
+        return invalid("not_json" if document is None else "not_object")
+    access_token = document.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        return invalid("access_token")
+    optional: dict[str, str | None] = {}
+    for name in ("refresh_token", "id_token"):
+        value = document.get(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            return invalid(name)
+        optional[name] = value
+    expires_in = _expires_in(document.get("expires_in"))
+    if expires_in is False:
+        return invalid("expires_in")
+    return Refreshed(
+        access_token=access_token,
+        refresh_token=optional["refresh_token"],
+        id_token=optional["id_token"],
+        expires_in=expires_in,
+    )
+
+
+def classify_refresh(
+    reply: Reply,
+    *,
+    credentials: Credentials,
+    client_secret: str | None = None,
+    permanent_codes: frozenset[str] = PERMANENT_ERROR_CODES,
+    now: datetime,
+) -> RefreshOutcome:
+    """
+    Turn a token endpoint reply into an outcome; never raises, never adopts a malformed body.
+
+    Permanent iff the status is 401 or the error code is in ``permanent_codes`` (at any status,
+    including a 2xx that carries an ``error`` and no ``access_token``). Everything else that is
+    not a well-formed 2xx is transient.
+    """
+    status = reply.status
+    secrets = _secret_forms(
+        (
+            credentials.access_token,
+            credentials.refresh_token,
+            credentials.id_token,
+            client_secret,
+        )
+    )
+    success = 200 <= status < 300
+    retry_after = None if success else parse_retry_after(reply.retry_after, now)
+    if reply.problem is not None:
+        if status == 401:
+            return PermanentFailure(code="http_401", status=status)
+        return TransientFailure(reason=reply.problem, status=status, retry_after=retry_after)
+    document = _load_json(reply.body)
+    code = _error_code(document, secrets)
+    if success:
+        # Some servers (GitHub among them) answer 200 with an OAuth error body.
+        has_access = isinstance(document, dict) and "access_token" in document
+        if code is None or has_access:
+            return _success(document, status)
+    if status == 401 or (code is not None and code in permanent_codes):
+        return PermanentFailure(
+            code=code or f"http_{status}",
+            status=status,
+            description=_error_description(document, secrets),
+        )
+    reason = f"http_{status}" + (f":{code}" if code else "")
+    return TransientFailure(reason=reason, status=status, retry_after=retry_after)
+
+
+# -- the adapter -----------------------------------------------------------------------------
+
+
+def _network_failure(exc: BaseException) -> TransientFailure:
+    # Only the class name: messages can carry URLs with query strings.
+    return TransientFailure(reason=f"network:{type(exc).__name__}")
+
+
+def _check_body_deadline(deadline: float) -> None:
+    # httpx's read timeout restarts with every chunk; a server dripping bytes would evade it.
+    if time.monotonic() > deadline:
+        raise httpx.ReadTimeout("the response body took longer than the timeout")
+
+
+class OAuthTokenEndpoint:
+    """
+    A :class:`~authfsm.engine.TokenEndpoint` speaking OAuth 2.0 over httpx (sync and async).
+
+    Args:
+        token_url: where refresh requests go.
+        client_id: the OAuth client id; always sent in the body (many servers want it).
+        client_secret: for confidential clients; never sent in the body with
+            ``client_secret_basic``, never shown in ``repr``.
+        client_auth: HTTP Basic (RFC 6749 §2.3.1) or ``client_id``/``client_secret`` in the body.
+        body_format: ``"form"`` (RFC 6749 §6) or ``"json"`` (what some servers, Codex's among
+            them, expect).
+        scope: sent as ``scope`` when given.
+        extra_params: further body parameters for refresh requests (not the reserved ones).
+        revoke_url: the RFC 7009 endpoint; without it :meth:`revoke` returns False.
+        headers: extra request headers (a user agent, say).
+        timeout: seconds for each of connect, write and read, and for reading the whole body.
+        max_response_bytes: a larger body is not read: ``TransientFailure("response_too_large")``.
+        permanent_codes: the OAuth error codes that mean the refresh token is dead.
+        client: an ``httpx.Client`` to use (and not close); by default the endpoint owns one.
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        *,
+        client_secret: str | None = None,
+        client_auth: ClientAuth = "client_secret_basic",
+        body_format: BodyFormat = "form",
+        scope: str | None = None,
+        extra_params: Mapping[str, str] | None = None,
+        revoke_url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        max_response_bytes: int = 64 * 1024,
+        permanent_codes: frozenset[str] = PERMANENT_ERROR_CODES,
+        client: httpx.Client | None = None,
+    ) -> None:
+        for name, url in (("token_url", token_url), ("revoke_url", revoke_url)):
+            if url is not None and httpx.URL(url).scheme not in {"http", "https"}:
+                raise ValueError(f"{name} must be an http or https URL")
+        if not isinstance(client_id, str) or not client_id:
+            raise ValueError("client_id must be a non-empty string")
+        if client_secret is not None and not client_secret:
+            raise ValueError("client_secret must be a non-empty string or None")
+        if client_auth not in ("client_secret_basic", "client_secret_post"):
+            raise ValueError(f"unknown client_auth {client_auth!r}")
+        if body_format not in ("form", "json"):
+            raise ValueError(f"unknown body_format {body_format!r}")
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError("timeout must be a positive number of seconds")
+        if isinstance(max_response_bytes, bool) or max_response_bytes <= 0:
+            raise ValueError("max_response_bytes must be a positive number of bytes")
+        extra = dict(extra_params or {})
+        clashes = sorted(_RESERVED_PARAMS.intersection(extra))
+        if clashes:
+            raise ValueError(f"extra_params may not set {', '.join(clashes)}")
+        self._settings = EndpointSettings(
+            token_url=token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            client_auth=client_auth,
+            body_format=body_format,
+            scope=scope,
+            extra_params=extra,
+            revoke_url=revoke_url,
+            # Validates names and values now rather than at the first refresh.
+            headers=dict(httpx.Headers(headers or {}).items()),
+        )
+        self._timeout = float(timeout)
+        self._cap = max_response_bytes
+        self._permanent_codes = frozenset(permanent_codes)
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=self._timeout)
+
+    def __repr__(self) -> str:
+        s = self._settings
+        return (
+            f"OAuthTokenEndpoint(token_url={s.token_url!r}, client_id={s.client_id!r}, "
+            f"client_auth={s.client_auth!r}, body_format={s.body_format!r}, "
+            f"confidential={s.client_secret is not None})"
+        )
+
+    # -- sync ----------------------------------------------------------------------------------
+
+    def refresh(self, credentials: Credentials) -> RefreshOutcome:
+        """Spend ``credentials.refresh_token`` once and classify what happens."""
+        if credentials.refresh_token is None:
+            return PermanentFailure(code="no_refresh_token")
+        request = build_refresh_request(self._settings, credentials.refresh_token)
+        try:
+            reply = self._exchange(self._client, request)
+        except (httpx.RequestError, OSError) as exc:
+            return _network_failure(exc)
+        return self._classify(reply, credentials)
+
+    def revoke(self, credentials: Credentials) -> bool:
+        """Revoke the credential (RFC 7009), best effort: True on a 2xx, False otherwise."""
+        if self._settings.revoke_url is None:
+            return False
+        request = build_revoke_request(self._settings, self._settings.revoke_url, credentials)
+        try:
+            with self._client.stream(**self._send_args(request)) as response:
+                return response.is_success
+        except (httpx.HTTPError, OSError):
+            return False
+
+    def close(self) -> None:
+        """Close the HTTP client if the endpoint created it; a client passed in is left open."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> OAuthTokenEndpoint:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- async ---------------------------------------------------------------------------------
+
+    async def refresh_async(
+        self, credentials: Credentials, *, client: httpx.AsyncClient | None = None
+    ) -> RefreshOutcome:
+        """:meth:`refresh` on ``client``, or on a short-lived ``AsyncClient`` when None."""
+        if credentials.refresh_token is None:
+            return PermanentFailure(code="no_refresh_token")
+        request = build_refresh_request(self._settings, credentials.refresh_token)
+        try:
+            if client is not None:
+                reply = await self._exchange_async(client, request)
+            else:
+                async with httpx.AsyncClient(timeout=self._timeout) as own:
+                    reply = await self._exchange_async(own, request)
+        except (httpx.RequestError, OSError) as exc:
+            return _network_failure(exc)
+        return self._classify(reply, credentials)
+
+    async def revoke_async(
+        self, credentials: Credentials, *, client: httpx.AsyncClient | None = None
+    ) -> bool:
+        """:meth:`revoke` on ``client``, or on a short-lived ``AsyncClient`` when None."""
+        if self._settings.revoke_url is None:
+            return False
+        request = build_revoke_request(self._settings, self._settings.revoke_url, credentials)
+        try:
+            if client is not None:
+                return await self._revoke_on(client, request)
+            async with httpx.AsyncClient(timeout=self._timeout) as own:
+                return await self._revoke_on(own, request)
+        except (httpx.HTTPError, OSError):
+            return False
+
+    # -- the byte-moving loops; everything else is shared ---------------------------------------
+
+    def _send_args(self, request: PreparedRequest) -> dict[str, Any]:
+        return {
+            "method": "POST",
+            "url": request.url,
+            "headers": request.headers,
+            "content": request.content,
+            "timeout": self._timeout,
+            "follow_redirects": False,
+        }
+
+    def _body_for(self, response: httpx.Response) -> CappedBody:
+        body = CappedBody(self._cap, response.headers.get("content-encoding"))
+        body.declare_length(response.headers.get("content-length"))
+        return body
+
+    def _exchange(self, client: httpx.Client, request: PreparedRequest) -> Reply:
+        with client.stream(**self._send_args(request)) as response:
+            body = self._body_for(response)
+            deadline = time.monotonic() + self._timeout
+            if not body.done:
+                for chunk in response.iter_raw():
+                    body.feed(chunk)
+                    if body.done:
+                        break
+                    _check_body_deadline(deadline)
+            return body.reply(response.status_code, response.headers.get("retry-after"))
+
+    async def _exchange_async(self, client: httpx.AsyncClient, request: PreparedRequest) -> Reply:
+        async with client.stream(**self._send_args(request)) as response:
+            body = self._body_for(response)
+            deadline = time.monotonic() + self._timeout
+            if not body.done:
+                async for chunk in response.aiter_raw():
+                    body.feed(chunk)
+                    if body.done:
+                        break
+                    _check_body_deadline(deadline)
+            return body.reply(response.status_code, response.headers.get("retry-after"))
+
+    async def _revoke_on(self, client: httpx.AsyncClient, request: PreparedRequest) -> bool:
+        async with client.stream(**self._send_args(request)) as response:
+            return response.is_success
+
+    def _classify(self, reply: Reply, credentials: Credentials) -> RefreshOutcome:
+        return classify_refresh(
+            reply,
+            credentials=credentials,
+            client_secret=self._settings.client_secret,
+            permanent_codes=self._permanent_codes,
+            now=datetime.now(UTC),
+        )

@@ -1,0 +1,166 @@
+"""
+File formats for a :class:`~authfsm.engine.Record`.
+
+A codec turns a record into bytes and back. Decoding is strict: anything that is not exactly a
+record raises :class:`CodecError` with a description of the problem that names fields and types,
+never values (the values may be secrets).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Any, Protocol
+
+from ...engine import Backoff, Credentials, InvalidCredentials, Kind, Poison, Record
+
+__all__ = ["Codec", "CodecError", "NativeCodec"]
+
+
+class CodecError(ValueError):
+    """The bytes are not a record in this codec's format (the message holds no secret)."""
+
+
+class Codec(Protocol):
+    """Turns a record into bytes and back."""
+
+    def encode(self, record: Record) -> bytes: ...
+
+    def decode(self, data: bytes) -> Record: ...
+
+
+def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], *, optional: bool) -> Any:
+    value = obj.get(key)
+    if value is None:
+        if optional:
+            return None
+        raise CodecError(f"field {key!r} is missing")
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise CodecError(f"field {key!r} must be {_name(kind)}, not bool")
+    if not isinstance(value, kind):
+        raise CodecError(f"field {key!r} must be {_name(kind)}, not {type(value).__name__}")
+    return value
+
+
+def _name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _time(obj: dict[str, Any], key: str) -> datetime | None:
+    raw = _get(obj, key, str, optional=True)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise CodecError(f"field {key!r} is not an ISO 8601 timestamp") from None
+    if value.tzinfo is None:
+        raise CodecError(f"field {key!r} has no time zone")
+    return value
+
+
+def _float(obj: dict[str, Any], key: str) -> float:
+    value = float(_get(obj, key, (int, float), optional=False))
+    if not math.isfinite(value):
+        raise CodecError(f"field {key!r} must be finite")
+    return value
+
+
+def credential_to_json(cred: Credentials) -> dict[str, Any]:
+    return {
+        "kind": cred.kind.value,
+        "access_token": cred.access_token,
+        "refresh_token": cred.refresh_token,
+        "id_token": cred.id_token,
+        "expires_at": cred.expires_at.isoformat() if cred.expires_at else None,
+        "account_id": cred.account_id,
+        "last_refresh": cred.last_refresh.isoformat() if cred.last_refresh else None,
+    }
+
+
+def credential_from_json(obj: Any) -> Credentials:
+    if not isinstance(obj, dict):
+        raise CodecError(f"credential must be an object, not {type(obj).__name__}")
+    kind_raw = _get(obj, "kind", str, optional=True) or Kind.OAUTH.value
+    try:
+        kind = Kind(kind_raw)
+    except ValueError:
+        raise CodecError("field 'kind' must be 'oauth' or 'api_key'") from None
+    try:
+        return Credentials(
+            kind=kind,
+            access_token=_get(obj, "access_token", str, optional=False),
+            refresh_token=_get(obj, "refresh_token", str, optional=True),
+            id_token=_get(obj, "id_token", str, optional=True),
+            expires_at=_time(obj, "expires_at"),
+            account_id=_get(obj, "account_id", str, optional=True),
+            last_refresh=_time(obj, "last_refresh"),
+        )
+    except InvalidCredentials as error:
+        raise CodecError(str(error)) from None
+
+
+class NativeCodec:
+    """
+    authfsm's own JSON format: the credential, the revision and the shared markers.
+
+    ``{"format": "authfsm/1", "revision": 3, "credential": {...} | null, "poison": {...} | null,
+    "backoff": {...} | null}``
+    """
+
+    FORMAT = "authfsm/1"
+
+    def encode(self, record: Record) -> bytes:
+        doc: dict[str, Any] = {
+            "format": self.FORMAT,
+            "revision": record.revision,
+            "credential": credential_to_json(record.credential) if record.credential else None,
+            "poison": None,
+            "backoff": None,
+        }
+        if record.poison is not None:
+            p = record.poison
+            doc["poison"] = {"fingerprint": p.fingerprint, "reason": p.reason, "at": p.at}
+        if record.backoff is not None:
+            b = record.backoff
+            doc["backoff"] = {
+                "fingerprint": b.fingerprint,
+                "not_before": b.not_before,
+                "failures": b.failures,
+            }
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    def decode(self, data: bytes) -> Record:
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise CodecError(f"not valid JSON ({type(error).__name__})") from None
+        if not isinstance(doc, dict):
+            raise CodecError(f"top level must be an object, not {type(doc).__name__}")
+        if doc.get("format") != self.FORMAT:
+            raise CodecError(f"'format' must be {self.FORMAT!r}")
+        revision = _get(doc, "revision", int, optional=False)
+        if revision < 0:
+            raise CodecError("'revision' must not be negative")
+        raw_cred = doc.get("credential")
+        credential = credential_from_json(raw_cred) if raw_cred is not None else None
+        poison = backoff = None
+        if (p := doc.get("poison")) is not None:
+            if not isinstance(p, dict):
+                raise CodecError("'poison' must be an object")
+            poison = Poison(
+                fingerprint=_get(p, "fingerprint", str, optional=False),
+                reason=_get(p, "reason", str, optional=False),
+                at=_float(p, "at"),
+            )
+        if (b := doc.get("backoff")) is not None:
+            if not isinstance(b, dict):
+                raise CodecError("'backoff' must be an object")
+            backoff = Backoff(
+                fingerprint=_get(b, "fingerprint", str, optional=False),
+                not_before=_float(b, "not_before"),
+                failures=_get(b, "failures", int, optional=False),
+            )
+        return Record(credential=credential, revision=revision, poison=poison, backoff=backoff)

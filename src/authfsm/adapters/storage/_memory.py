@@ -1,0 +1,66 @@
+"""An in-process store: for tests and for single-process applications."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import attrs
+
+from ...engine import LeaseTimeout, Record, WriteConflict
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """
+    Holds one record in memory; engines of one process sharing it share its lease.
+
+    Records are immutable values, so a read returns the stored object itself.
+    """
+
+    def __init__(self, record: Record | None = None, *, name: str = "memory") -> None:
+        self._record = record
+        self._name = name
+        self._mutex = threading.Lock()
+        self._lease = threading.RLock()
+
+    @property
+    def location(self) -> str:
+        return f"<{self._name}>"
+
+    def read(self) -> Record | None:
+        return self._record
+
+    def write(self, record: Record, expected_revision: int | None) -> Record:
+        with self._mutex:
+            found = self._record.revision if self._record is not None else None
+            if found != expected_revision:
+                raise WriteConflict(self.location, expected_revision, found)
+            stored = attrs.evolve(record, revision=(found or 0) + 1)
+            self._record = stored
+            return stored
+
+    def delete(self, expected_revision: int | None) -> None:
+        with self._mutex:
+            found = self._record.revision if self._record is not None else None
+            if found != expected_revision:
+                raise WriteConflict(self.location, expected_revision, found)
+            self._record = None
+
+    @contextmanager
+    def lease(self, timeout: float) -> Iterator[None]:
+        if not self._lease.acquire(timeout=timeout if timeout >= 0 else -1):
+            raise LeaseTimeout(
+                f"The refresh lease of {self.location} was held for over {timeout:g} s.",
+                reason="lease_timeout",
+            )
+        try:
+            yield
+        finally:
+            self._lease.release()
+
+    def __repr__(self) -> str:
+        revision = self._record.revision if self._record is not None else None
+        return f"<MemoryStore {self._name} revision={revision}>"

@@ -1,0 +1,78 @@
+"""
+The decision core and the engine that drives it.
+
+Values (``Credentials``, ``Record``, ``Policy``), the pure decision functions, the lifecycle
+runner and :class:`AuthEngine`, the imperative shell.
+"""
+
+from __future__ import annotations
+
+from ._core import minted, observe
+from ._credentials import Credentials, Kind, decode_jwt_claims, fingerprint
+from ._errors import (
+    AccountMismatch,
+    AuthError,
+    IllegalTransition,
+    InvalidCredentials,
+    LeaseTimeout,
+    ReauthRequired,
+    RefreshFailed,
+    StorageCorrupt,
+    StorageUnavailable,
+    WriteConflict,
+)
+from ._identity import Identity, IdentityClaims, identity_of, is_compatible
+from ._lifecycle import Lifecycle, Transition
+from ._policy import Policy, backoff_delay, refresh_point
+from ._ports import (
+    PERMANENT_ERROR_CODES,
+    PermanentFailure,
+    Refreshed,
+    RefreshOutcome,
+    Store,
+    TokenEndpoint,
+    TransientFailure,
+)
+from ._record import Backoff, Poison, Record
+from ._status import AuthStatus
+from ._sync import AuthEngine
+
+__all__ = [
+    "PERMANENT_ERROR_CODES",
+    "AccountMismatch",
+    "AuthEngine",
+    "AuthError",
+    "AuthStatus",
+    "Backoff",
+    "Credentials",
+    "Identity",
+    "IdentityClaims",
+    "IllegalTransition",
+    "InvalidCredentials",
+    "Kind",
+    "LeaseTimeout",
+    "Lifecycle",
+    "PermanentFailure",
+    "Poison",
+    "Policy",
+    "ReauthRequired",
+    "Record",
+    "RefreshFailed",
+    "RefreshOutcome",
+    "Refreshed",
+    "StorageCorrupt",
+    "StorageUnavailable",
+    "Store",
+    "TokenEndpoint",
+    "TransientFailure",
+    "Transition",
+    "WriteConflict",
+    "backoff_delay",
+    "decode_jwt_claims",
+    "fingerprint",
+    "identity_of",
+    "is_compatible",
+    "minted",
+    "observe",
+    "refresh_point",
+]

@@ -1,0 +1,147 @@
+"""
+The credential value: what a store holds and what an engine caches.
+
+A :class:`Credentials` is immutable; a refresh makes a new one with :func:`attrs.evolve`. Secrets
+(access, refresh and id tokens) are excluded from ``repr`` and from every log event; the
+:func:`fingerprint` stands in for them wherever a credential must be named.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+from ._errors import InvalidCredentials
+
+__all__ = ["Credentials", "Kind", "decode_jwt_claims", "fingerprint"]
+
+
+class Kind(enum.Enum):
+    """What sort of secret a credential holds."""
+
+    #: An OAuth access token, usually with a rotating refresh token.
+    OAUTH = "oauth"
+    #: A static API key: never refreshed, never due.
+    API_KEY = "api_key"
+
+
+def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, datetime):
+        raise InvalidCredentials(f"{attribute.name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidCredentials(
+            f"{attribute.name} is a naive datetime; pass a timezone-aware one "
+            "(for example datetime.now(UTC))"
+        )
+
+
+def _token(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is None:
+        if attribute.name == "access_token":
+            raise InvalidCredentials("access_token is required")
+        return
+    if not isinstance(value, str) or not value:
+        raise InvalidCredentials(f"{attribute.name} must be a non-empty string")
+
+
+def _optional_str(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidCredentials(f"{attribute.name} must be a non-empty string or None")
+
+
+@attrs.frozen(kw_only=True)
+class Credentials:
+    """
+    One OAuth credential (or API key) as a frozen value.
+
+    Attributes:
+        access_token: the bearer token (or the API key when ``kind`` is ``Kind.API_KEY``).
+        refresh_token: the refresh token, rotated by most servers on every use.
+        id_token: an OpenID Connect id_token (a JWT); its claims give the identity.
+        expires_at: when the access token expires (timezone-aware), if known.
+        account_id: the account/workspace/tenant the credential belongs to, if known.
+        last_refresh: when the credential was last minted or refreshed (timezone-aware).
+        kind: OAuth or API key.
+    """
+
+    access_token: str = attrs.field(repr=False, validator=_token)
+    refresh_token: str | None = attrs.field(default=None, repr=False, validator=_token)
+    id_token: str | None = attrs.field(default=None, repr=False, validator=_token)
+    expires_at: datetime | None = attrs.field(default=None, validator=_aware)
+    account_id: str | None = attrs.field(default=None, validator=_optional_str)
+    last_refresh: datetime | None = attrs.field(default=None, validator=_aware)
+    kind: Kind = attrs.field(default=Kind.OAUTH, validator=attrs.validators.instance_of(Kind))
+
+    @classmethod
+    def api_key(cls, key: str) -> Credentials:
+        """A static API key credential: never refreshed."""
+        return cls(access_token=key, kind=Kind.API_KEY)
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable, non-reversible name for this credential (see :func:`fingerprint`)."""
+        return fingerprint(self)
+
+
+def fingerprint(credentials: Credentials) -> str:
+    """
+    A short keyed hash over the credential's material fields.
+
+    Two credentials with the same tokens, account and kind have the same fingerprint; a rotation,
+    a login or a switch of account changes it. ``last_refresh`` is left out on purpose: rewriting
+    the same tokens is not a material change. The raw tokens cannot be recovered from it.
+    """
+    h = hashlib.blake2b(digest_size=8, person=b"authfsm-fp-v1")
+    for part in (
+        credentials.kind.value,
+        credentials.access_token,
+        credentials.refresh_token or "",
+        credentials.id_token or "",
+        credentials.account_id or "",
+    ):
+        h.update(part.encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def decode_jwt_claims(token: str | None) -> dict[str, Any] | None:
+    """
+    The claims of a JWT, decoded **without** verifying its signature, or None.
+
+    Used only to read hints the client needs anyway (``exp``, identity claims) from tokens it
+    already trusts enough to send; never for authorization decisions.
+    """
+    if not token or token.count(".") != 2:
+        return None
+    _header, payload, _signature = token.split(".")
+    if not payload:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+        claims = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def jwt_expiry(token: str | None) -> datetime | None:
+    """The ``exp`` claim of a JWT as an aware datetime, or None when absent or malformed."""
+    claims = decode_jwt_claims(token)
+    if claims is None:
+        return None
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(exp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -1,0 +1,112 @@
+"""
+The contracts the engine drives: a store and a token endpoint.
+
+Adapters implement these protocols; the engine knows nothing else about them. Outcomes of a
+refresh are plain values the engine feeds to the lifecycle as triggers.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from ._credentials import Credentials
+from ._record import Record
+
+__all__ = [
+    "PERMANENT_ERROR_CODES",
+    "PermanentFailure",
+    "RefreshOutcome",
+    "Refreshed",
+    "Store",
+    "TokenEndpoint",
+    "TransientFailure",
+]
+
+#: OAuth error codes that mean the refresh token can never work again, at any HTTP status.
+PERMANENT_ERROR_CODES: frozenset[str] = frozenset(
+    {
+        "invalid_grant",
+        "refresh_token_reused",
+        "refresh_token_expired",
+        "refresh_token_invalidated",
+        "invalid_client",
+        "unauthorized_client",
+    }
+)
+
+
+@runtime_checkable
+class Store(Protocol):
+    """
+    Where a shared credential lives.
+
+    Every backend gives the same guarantees; :mod:`authfsm.testing` has a differential test kit.
+    """
+
+    @property
+    def location(self) -> str:
+        """A human-readable name of the store (a path, a key); never a secret."""
+        ...
+
+    def read(self) -> Record | None:
+        """The current record, or None when the store is empty. Raises ``StorageCorrupt``."""
+        ...
+
+    def write(self, record: Record, expected_revision: int | None) -> Record:
+        """
+        Store ``record`` if the current revision is ``expected_revision`` (None: empty store).
+
+        Returns the stored record with its new revision. Raises ``WriteConflict`` otherwise.
+        """
+        ...
+
+    def delete(self, expected_revision: int | None) -> None:
+        """Remove the record if its revision is ``expected_revision``; ``WriteConflict`` if not."""
+        ...
+
+    def lease(self, timeout: float) -> AbstractContextManager[None]:
+        """Mutual exclusion among all engines sharing the store; ``LeaseTimeout`` on timeout."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class Refreshed:
+    """The endpoint minted new tokens. Missing fields keep the old values (RFC 6749 §6)."""
+
+    access_token: str = attrs.field(repr=False)
+    refresh_token: str | None = attrs.field(default=None, repr=False)
+    id_token: str | None = attrs.field(default=None, repr=False)
+    expires_in: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TransientFailure:
+    """The refresh may work later: keep the old token, back off (honouring ``retry_after``)."""
+
+    reason: str
+    status: int | None = None
+    retry_after: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PermanentFailure:
+    """The refresh token can never work again (``code`` is the OAuth error code)."""
+
+    code: str
+    status: int | None = None
+    description: str | None = None
+
+
+RefreshOutcome = Refreshed | TransientFailure | PermanentFailure
+
+
+@runtime_checkable
+class TokenEndpoint(Protocol):
+    """Spends a refresh token. Must never raise for an HTTP or network failure: it classifies."""
+
+    def refresh(self, credentials: Credentials) -> RefreshOutcome: ...
+
+    def revoke(self, credentials: Credentials) -> bool: ...
