@@ -153,10 +153,10 @@ class AuthEngine:
         """
         with self._flight:
             now = self._clock()
-            if self.state in (State.LOGGED_OUT, State.POISONED) and not self._sync(
-                self._store.read(), reason="recover"
-            ):
-                raise self._reauth_error()
+            if self.state in (State.LOGGED_OUT, State.POISONED):
+                self._sync(self._store.read(), reason="recover")
+                if self.state in (State.LOGGED_OUT, State.POISONED):
+                    raise self._reauth_error()
             current = self._cred
             assert current is not None
             if current.access_token != rejected_token:
