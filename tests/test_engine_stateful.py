@@ -280,7 +280,7 @@ class TwoEngines(RuleBasedStateMachine):
     @invariant()
     def status_never_leaks_when_poisoned_or_logged_out(self) -> None:
         for engine in (self.engine, self.sibling):
-            status = engine._status(include_token=True)  # no I/O: the cached view
+            status = engine._core.snapshot(include_token=True)  # no I/O: the cached view
             if status.state in (State.POISONED, State.LOGGED_OUT):
                 assert status.token is None
             assert engine.state is not State.REFRESHING

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .engine import (
     AccountMismatch,
+    AsyncAuthEngine,
     AuthEngine,
     AuthError,
     AuthStatus,
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "TRANSITIONS",
     "AccountMismatch",
+    "AsyncAuthEngine",
     "AuthEngine",
     "AuthError",
     "AuthStatus",

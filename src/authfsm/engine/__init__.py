@@ -7,8 +7,10 @@ runner and :class:`AuthEngine`, the imperative shell.
 
 from __future__ import annotations
 
+from ._async import AsyncAuthEngine, BlockingStoreInLoop
 from ._core import minted, observe
 from ._credentials import Credentials, Kind, decode_jwt_claims, fingerprint
+from ._effects import AsyncStore, AsyncTokenEndpoint
 from ._errors import (
     AccountMismatch,
     AuthError,
@@ -40,10 +42,14 @@ from ._sync import AuthEngine
 __all__ = [
     "PERMANENT_ERROR_CODES",
     "AccountMismatch",
+    "AsyncAuthEngine",
+    "AsyncStore",
+    "AsyncTokenEndpoint",
     "AuthEngine",
     "AuthError",
     "AuthStatus",
     "Backoff",
+    "BlockingStoreInLoop",
     "Credentials",
     "Identity",
     "IdentityClaims",

@@ -51,11 +51,22 @@ def _token(_instance: object, attribute: attrs.Attribute[Any], value: str | None
         return
     if not isinstance(value, str) or not value:
         raise InvalidCredentials(f"{attribute.name} must be a non-empty string")
+    _encodable(attribute.name, value)
 
 
 def _optional_str(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and (not isinstance(value, str) or not value):
         raise InvalidCredentials(f"{attribute.name} must be a non-empty string or None")
+    if value is not None:
+        _encodable(attribute.name, value)
+
+
+def _encodable(name: str, value: str) -> None:
+    # A lone surrogate survives JSON decoding but can be neither hashed nor sent.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidCredentials(f"{name} is not valid Unicode text") from None
 
 
 @attrs.frozen(kw_only=True)

@@ -62,7 +62,10 @@ def _time(obj: dict[str, Any], key: str) -> datetime | None:
 
 
 def _float(obj: dict[str, Any], key: str) -> float:
-    value = float(_get(obj, key, (int, float), optional=False))
+    try:
+        value = float(_get(obj, key, (int, float), optional=False))
+    except OverflowError:
+        raise CodecError(f"field {key!r} must be finite") from None
     if not math.isfinite(value):
         raise CodecError(f"field {key!r} must be finite")
     return value
@@ -135,7 +138,7 @@ class NativeCodec:
     def decode(self, data: bytes) -> Record:
         try:
             doc = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as error:
+        except (UnicodeDecodeError, ValueError, RecursionError) as error:
             raise CodecError(f"not valid JSON ({type(error).__name__})") from None
         if not isinstance(doc, dict):
             raise CodecError(f"top level must be an object, not {type(doc).__name__}")

@@ -24,7 +24,8 @@ class MemoryStore:
         self._record = record
         self._name = name
         self._mutex = threading.Lock()
-        self._lease = threading.RLock()
+        # Not re-entrant: tasks of one event loop share a thread and must still exclude each other.
+        self._lease = threading.Lock()
 
     @property
     def location(self) -> str:

@@ -1,0 +1,190 @@
+"""
+The asyncio engine: drives the same :class:`~._flows.EngineCore` as ``AuthEngine``.
+
+Single flight across tasks comes from an ``asyncio.Lock``; the store's lease is taken without
+blocking the event loop; cancellation is thrown into the flow, whose ``finally`` blocks give the
+lease back and leave REFRESHING. ``transitions``' AsyncMachine is not used: the lifecycle's
+callbacks are pure and synchronous, and all awaiting happens outside triggers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..states import State
+from ._credentials import Credentials
+from ._effects import AsyncStore, AsyncTokenEndpoint, Flow, drive_async, poll_lease
+from ._events import EventLog
+from ._flows import EngineCore
+from ._policy import Policy
+from ._ports import Store
+from ._record import Record
+from ._status import AuthStatus
+
+if TYPE_CHECKING:
+    from ._httpx_auth import AsyncEngineAuth
+
+__all__ = ["AsyncAuthEngine", "BlockingStoreInLoop"]
+
+T = TypeVar("T")
+
+
+class BlockingStoreInLoop:
+    """
+    Lets ``AsyncAuthEngine`` use a blocking store (``FileStore``, ``MemoryStore``).
+
+    Reads and writes of a small file run inline; the lease is polled with non-blocking attempts
+    and ``asyncio.sleep`` between them, so a waiting task never blocks the loop and a cancelled
+    one never ends up holding the lease.
+    """
+
+    def __init__(self, store: Store, *, poll_interval: float = 0.002) -> None:
+        self._store = store
+        self._poll = poll_interval
+
+    @property
+    def location(self) -> str:
+        return self._store.location
+
+    async def read(self) -> Record | None:
+        return self._store.read()
+
+    async def write(self, record: Record, expected_revision: int | None) -> Record:
+        return self._store.write(record, expected_revision)
+
+    async def delete(self, expected_revision: int | None) -> None:
+        self._store.delete(expected_revision)
+
+    def lease(self, timeout: float) -> contextlib.AbstractAsyncContextManager[None]:
+        return poll_lease(self._store, timeout, self._poll)
+
+
+class AsyncAuthEngine:
+    """
+    ``AuthEngine`` for asyncio programs: the same API, as coroutines, and the same decisions.
+
+    Args:
+        store: an async store (``RedisStore``'s async client, ...) or a blocking one
+            (``FileStore``, ``MemoryStore``), which is wrapped in :class:`BlockingStoreInLoop`.
+        endpoint: an endpoint with ``refresh_async``/``revoke_async`` (``OAuthTokenEndpoint``).
+        policy, clock, logger: as for ``AuthEngine``.
+
+    Create it with ``await AsyncAuthEngine.open(...)``, which reads the store once; the plain
+    constructor defers that read to the first call.
+    """
+
+    def __init__(
+        self,
+        store: AsyncStore | Store,
+        endpoint: AsyncTokenEndpoint | None = None,
+        policy: Policy | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        logger: Any = None,
+    ) -> None:
+        # Both protocols have the same method names; only the coroutine-ness tells them apart.
+        self._store: AsyncStore = (
+            store  # type: ignore[assignment]
+            if inspect.iscoroutinefunction(getattr(store, "read", None))
+            else BlockingStoreInLoop(store)  # type: ignore[arg-type]
+        )
+        self._endpoint = endpoint
+        self._clock = clock
+        self._flight = asyncio.Lock()
+        self._started = False
+        self.hot_until = -math.inf
+        self.hot_token = ""
+        self._core = EngineCore(
+            policy if policy is not None else Policy(),
+            clock,
+            EventLog(logger),
+            has_endpoint=endpoint is not None,
+            hot=self,
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        store: AsyncStore | Store,
+        endpoint: AsyncTokenEndpoint | None = None,
+        policy: Policy | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        logger: Any = None,
+    ) -> AsyncAuthEngine:
+        """Build an engine and read the store once (``StorageCorrupt`` surfaces here)."""
+        engine = cls(store, endpoint, policy, clock=clock, logger=logger)
+        async with engine._flight:
+            await engine._start()
+        return engine
+
+    @property
+    def state(self) -> State:
+        return self._core.state
+
+    @property
+    def policy(self) -> Policy:
+        return self._core.policy
+
+    @property
+    def credentials(self) -> Credentials | None:
+        return self._core.cred
+
+    async def access_token(self) -> str:
+        """See ``AuthEngine.access_token``; a fresh credential costs no lock and no I/O."""
+        if self._clock() < self.hot_until:
+            return self.hot_token
+        return await self._run(lambda core: core.serve(force=False))
+
+    async def refresh(self) -> str:
+        """See ``AuthEngine.refresh``."""
+        return await self._run(lambda core: core.serve(force=True))
+
+    async def recover(self, rejected_token: str) -> str:
+        """See ``AuthEngine.recover``."""
+        return await self._run(lambda core: core.recover(rejected_token))
+
+    async def status(self, *, include_token: bool = False, refresh: bool = False) -> AuthStatus:
+        """See ``AuthEngine.status``."""
+        return await self._run(
+            lambda core: core.status(include_token=include_token, refresh=refresh)
+        )
+
+    async def login(self, credentials: Credentials) -> None:
+        """See ``AuthEngine.login``."""
+        await self._run(lambda core: core.login(credentials))
+
+    async def logout(self, *, revoke: bool = False) -> None:
+        """See ``AuthEngine.logout``."""
+        await self._run(lambda core: core.logout(revoke=revoke))
+
+    async def reload(self, *, allow_identity_change: bool = False) -> State:
+        """See ``AuthEngine.reload``."""
+        return await self._run(
+            lambda core: core.reload(allow_identity_change=allow_identity_change)
+        )
+
+    def httpx_auth(self) -> AsyncEngineAuth:
+        """An ``httpx.Auth`` for ``httpx.AsyncClient``: bearer token, one recovery on 401."""
+        from ._httpx_auth import AsyncEngineAuth
+
+        return AsyncEngineAuth(self)
+
+    async def _start(self) -> None:
+        if not self._started:
+            await drive_async(self._core.start(), self._store, self._endpoint)
+            self._started = True
+
+    async def _run(self, operation: Callable[[EngineCore], Flow[T]]) -> T:
+        async with self._flight:
+            await self._start()
+            return await drive_async(operation(self._core), self._store, self._endpoint)
+
+    def __repr__(self) -> str:
+        return f"<AsyncAuthEngine state={self.state.name} store={self._store.location!r}>"

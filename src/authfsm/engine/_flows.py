@@ -1,0 +1,547 @@
+"""
+The engine's core: every decision of the credential's life, with no I/O.
+
+:class:`EngineCore` holds one engine's cached credential and lifecycle. Its operations are
+generators that yield I/O requests (:mod:`._effects`) and receive the results, in the manner of
+h11: the sync and async engines drive the same flows, so no policy is written twice. What the
+flows decide with is the transition table's guards and the pure functions of :mod:`._core`.
+
+Callers serialise operations (one flow at a time per core); ``hot_until``/``hot_token`` are
+written so that a lock-free reader always sees a valid pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+from ..states import Facts, State
+from ._core import minted, observe
+from ._credentials import Credentials, Kind
+from ._effects import (
+    READ,
+    RELEASE,
+    AcquireLease,
+    CallEndpoint,
+    Flow,
+    RevokeAtEndpoint,
+    WriteStore,
+)
+from ._errors import (
+    AccountMismatch,
+    AuthError,
+    InvalidCredentials,
+    ReauthRequired,
+    RefreshFailed,
+    StorageUnavailable,
+    WriteConflict,
+)
+from ._events import EventLog
+from ._identity import identity_of
+from ._lifecycle import Lifecycle
+from ._policy import Policy, backoff_delay, refresh_point
+from ._ports import PermanentFailure, Refreshed, TransientFailure
+from ._record import Backoff, Poison, Record
+from ._status import AuthStatus
+
+__all__ = ["EngineCore"]
+
+_SERVING: Final = frozenset({State.FRESH, State.RELOADED})
+_HOLDING: Final = frozenset({State.FRESH, State.RELOADED, State.STALE})
+# Each pass of the serve loop returns, raises, or fires a trigger that moves towards a served
+# state; four passes cover the longest path (adopt -> expire -> refresh -> serve).
+_MAX_PASSES: Final = 4
+
+
+def _utc(ts: float) -> datetime | None:
+    if not math.isfinite(ts):
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC)
+    except (OverflowError, OSError, ValueError):  # beyond what datetime can hold
+        return None
+
+
+class HotPath(Protocol):
+    """Where the lock-free ``access_token`` looks: a deadline and the token valid until then."""
+
+    hot_until: float
+    hot_token: str
+
+
+class EngineCore:
+    """One engine's credential, lifecycle and decisions; I/O happens in whoever drives it."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        clock: Callable[[], float],
+        log: EventLog,
+        *,
+        has_endpoint: bool,
+        hot: HotPath | None = None,
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.log = log
+        self.has_endpoint = has_endpoint
+        self.lifecycle = Lifecycle(State.LOGGED_OUT, on_transition=log.transition)
+        self.cred: Credentials | None = None
+        self.due_at = math.inf
+        self.retry_at = -math.inf
+        self.failures = 0
+        self.failure: str | None = None
+        # The engine's hot path reads only these two; they live on the engine itself so that
+        # access_token() costs one attribute lookup less.
+        self.hot_until = -math.inf
+        self.hot_token = ""
+        self.hot: HotPath = hot if hot is not None else self
+        self.hot.hot_until = -math.inf
+
+    @property
+    def state(self) -> State:
+        return self.lifecycle.state
+
+    # -- operations (each one a flow) --------------------------------------------------------
+
+    def start(self) -> Flow[None]:
+        self._sync((yield READ), reason="startup")
+
+    def serve(self, *, force: bool) -> Flow[str]:
+        """A token to send: refresh when due (always when ``force``), adopt what siblings wrote."""
+        for _ in range(_MAX_PASSES):
+            now = self.clock()
+            state = self.state
+            if state in (State.LOGGED_OUT, State.POISONED):
+                if not self._sync((yield READ), reason="check"):
+                    raise self._reauth_error()
+                continue
+            cred = self.cred
+            assert cred is not None
+            if not force:
+                if state in _SERVING:
+                    if now < self.due_at:
+                        return cred.access_token
+                    self.lifecycle.fire("expire", self._facts(now=now, reason="due"))
+                    self._publish()
+                elif state is State.STALE and now < self.retry_at:
+                    return cred.access_token
+            elif state is State.STALE and now < self.retry_at:
+                raise RefreshFailed(
+                    "Refreshing is backing off after a failure; try again later.",
+                    reason=self.failure or "backing_off",
+                    retry_at=self.retry_at,
+                )
+            try:
+                yield from self._guarded_refresh(now)
+            except (RefreshFailed, StorageUnavailable):
+                if force or self.state not in _HOLDING:
+                    raise
+                return cred.access_token
+            force = False
+        if self.state in _HOLDING and self.cred is not None:
+            return self.cred.access_token
+        raise self._reauth_error()
+
+    def recover(self, rejected_token: str) -> Flow[str]:
+        """A token to retry with after ``rejected_token`` got a 401, judged against it."""
+        now = self.clock()
+        if self.state in (State.LOGGED_OUT, State.POISONED):
+            self._sync((yield READ), reason="recover")
+            if self.state in (State.LOGGED_OUT, State.POISONED):
+                raise self._reauth_error()
+        current = self.cred
+        assert current is not None
+        if current.access_token != rejected_token:
+            return (yield from self.serve(force=False))
+        if current.kind is Kind.API_KEY:
+            if self._sync((yield READ), reason="api_key_rejected"):
+                return (yield from self.serve(force=False))
+            raise ReauthRequired(
+                "The API key was rejected by the server; configure a valid key.",
+                reason="api_key_rejected",
+            )
+        self.lifecycle.fire("reject", self._facts(now=now, reason="rejected_by_server"))
+        self._publish()
+        if now < self.retry_at:
+            raise RefreshFailed(
+                "The token was rejected and refreshing is backing off after a failure.",
+                reason="backing_off",
+                retry_at=self.retry_at,
+            )
+        yield from self._guarded_refresh(now)
+        token = yield from self.serve(force=False)
+        if token == rejected_token:
+            raise RefreshFailed(
+                "The token was rejected and no other token could be obtained yet.",
+                reason=self.failure or "no_new_token",
+                retry_at=self.retry_at if math.isfinite(self.retry_at) else None,
+            )
+        return token
+
+    def status(self, *, include_token: bool, refresh: bool) -> Flow[AuthStatus]:
+        try:
+            if refresh:
+                yield from self.serve(force=False)
+            else:
+                self._sync((yield READ), reason="status")
+        except (ReauthRequired, RefreshFailed, StorageUnavailable) as error:
+            self.failure = self.failure or error.reason
+        return self.snapshot(include_token)
+
+    def login(self, credentials: Credentials) -> Flow[None]:
+        if not isinstance(credentials, Credentials):
+            raise InvalidCredentials("login() takes a Credentials value")
+        yield AcquireLease(self._lease_timeout())
+        try:
+            record = yield READ
+            yield WriteStore(
+                Record(credential=credentials), record.revision if record is not None else None
+            )
+        finally:
+            yield RELEASE
+        facts = observe(
+            reference=credentials,
+            candidate=credentials,
+            record=None,
+            policy=self.policy,
+            now=self.clock(),
+            reason="login",
+        )
+        self.lifecycle.fire("login", facts)
+        self._take(credentials)
+
+    def logout(self, *, revoke: bool) -> Flow[None]:
+        yield AcquireLease(self._lease_timeout())
+        try:
+            record = yield READ
+            if revoke:
+                stored = record.credential if record is not None else None
+                for cred in {c for c in (self.cred, stored) if c is not None}:
+                    yield RevokeAtEndpoint(cred)
+            if record is not None and record.credential is not None:
+                yield WriteStore(Record(credential=None), record.revision)
+        finally:
+            yield RELEASE
+        self.lifecycle.fire("logout", Facts(now=self.clock(), reason="logout"))
+        self._take(None)
+
+    def reload(self, *, allow_identity_change: bool) -> Flow[State]:
+        record = yield READ
+        if self._sync(record, reason="reload"):
+            return self.state
+        candidate = record.credential if record is not None else None
+        current = self.cred
+        if candidate is not None and (
+            current is None or candidate.fingerprint != current.fingerprint
+        ):
+            if not allow_identity_change:
+                self._refused()
+            self._sync(record, reason="identity_change", judge_against_nothing=True)
+        return self.state
+
+    # -- the guarded refresh -----------------------------------------------------------------
+
+    def _guarded_refresh(self, now: float) -> Flow[None]:
+        """Reload before spending: adopt what a sibling wrote, else spend under the lease."""
+        if self._sync((yield READ), reason="before_lease"):
+            return
+        yield AcquireLease(self._lease_timeout())
+        try:
+            record = yield READ
+            if self._sync(record, reason="under_lease"):
+                return
+            reference = self.cred
+            assert reference is not None
+            facts = self._facts(
+                now=self.clock(),
+                reason="store_unchanged",
+                candidate=record.credential if record is not None else None,
+                record=record,
+            )
+            if not self.has_endpoint:
+                raise RefreshFailed("No token endpoint is configured.", reason="no_endpoint")
+            if not self.lifecycle.attempt("begin_refresh", facts):
+                self._refuse_refresh(facts)
+            self._publish()
+            assert record is not None
+            try:
+                self.log.emit("info", "authfsm.refresh.call", fingerprint=reference.fingerprint)
+                answer = yield CallEndpoint(reference)
+                done = self.clock()
+                if isinstance(answer, Refreshed):
+                    yield from self._on_refreshed(reference, record, answer, done)
+                elif isinstance(answer, TransientFailure):
+                    yield from self._on_transient(reference, record, answer, done)
+                elif isinstance(answer, PermanentFailure):
+                    yield from self._on_permanent(reference, answer, done)
+                else:
+                    raise TypeError(f"the token endpoint returned {answer!r}")
+            finally:
+                if self.state is State.REFRESHING:  # an error or cancellation mid-flight
+                    self.lifecycle.fire("retry_later", Facts(now=now, reason="aborted"))
+                    self._publish()
+        finally:
+            yield RELEASE
+
+    def _refuse_refresh(self, facts: Facts) -> None:
+        if not facts.compatible:
+            self._refused()
+        if not facts.refreshable:
+            raise RefreshFailed(
+                "This credential has no refresh token; it is used until it expires.",
+                reason="not_refreshable",
+            )
+        raise RefreshFailed(
+            "Refreshing is backing off after a failure; try again later.",
+            reason=self.failure or "backing_off",
+            retry_at=facts.backoff_until,
+        )
+
+    def _on_refreshed(
+        self, reference: Credentials, record: Record, answer: Refreshed, now: float
+    ) -> Flow[None]:
+        new = minted(reference, answer, now)
+        facts = observe(
+            reference=reference,
+            candidate=new,
+            record=None,
+            policy=self.policy,
+            now=now,
+            reason="refreshed",
+        )
+        if not facts.compatible:
+            # A response naming another identity is never adopted nor written.
+            self.lifecycle.fire("refreshed", facts)
+            failure = TransientFailure(reason="identity_changed_in_response")
+            yield from self._on_transient(reference, record, failure, now)
+            return
+        try:
+            yield WriteStore(Record(credential=new), record.revision)
+        except WriteConflict:
+            # Fenced: our lease lapsed and a sibling wrote meanwhile. Never overwrite it.
+            self.log.emit("warning", "authfsm.store.fenced", fingerprint=new.fingerprint)
+            if not self._sync((yield READ), reason="fenced"):
+                self.lifecycle.fire("retry_later", Facts(now=now, reason="fenced"))
+                self._publish()
+            return
+        except AuthError as error:
+            # The server has rotated: the new tokens exist only here now. Keep serving them.
+            self.log.emit("error", "authfsm.store.write_failed", reason=error.reason)
+        self.lifecycle.fire("refreshed", facts)
+        self._take(new)
+        self.log.emit("info", "authfsm.refresh.succeeded", fingerprint=new.fingerprint)
+
+    def _on_transient(
+        self, reference: Credentials, record: Record, answer: TransientFailure, now: float
+    ) -> Flow[None]:
+        shared = record.backoff
+        failures = 1 + max(
+            self.failures,
+            shared.failures if shared and shared.fingerprint == reference.fingerprint else 0,
+        )
+        retry_at = now + backoff_delay(failures, answer.retry_after, self.policy)
+        marker = Backoff(fingerprint=reference.fingerprint, not_before=retry_at, failures=failures)
+        # The shared marker is advice; this engine backs off on its own even if it cannot write.
+        with contextlib.suppress(AuthError):
+            yield WriteStore(
+                Record(credential=record.credential, poison=record.poison, backoff=marker),
+                record.revision,
+            )
+        if self.state is State.REFRESHING:
+            self.lifecycle.fire("retry_later", Facts(now=now, reason=answer.reason))
+        self.failures = failures
+        self.retry_at = retry_at
+        self.failure = answer.reason
+        self._publish()
+        self.log.emit(
+            "warning",
+            "authfsm.refresh.transient",
+            reason=answer.reason,
+            status=answer.status,
+            retry_in=round(retry_at - now, 3),
+            fingerprint=reference.fingerprint,
+        )
+        raise RefreshFailed(
+            f"Refreshing failed for now ({answer.reason}); the old token stays in use.",
+            reason=answer.reason,
+            retry_at=retry_at,
+        )
+
+    def _on_permanent(
+        self, reference: Credentials, answer: PermanentFailure, now: float
+    ) -> Flow[None]:
+        # After a permanent failure, look once more: a sibling may have rotated meanwhile.
+        record = yield READ
+        candidate = record.credential if record is not None else None
+        if candidate is None:
+            self.lifecycle.fire("logout", Facts(now=now, reason="store_emptied"))
+            self._take(None)
+            raise self._reauth_error()
+        facts = observe(
+            reference=reference,
+            candidate=candidate,
+            record=record,
+            policy=self.policy,
+            now=now,
+            reason=answer.code,
+        )
+        if self.lifecycle.attempt("adopt", facts):
+            self._take(candidate)
+            self.log.emit("info", "authfsm.refresh.adopted", fingerprint=facts.candidate)
+            return
+        if facts.candidate == facts.reference:
+            marker = Poison(fingerprint=reference.fingerprint, reason=answer.code, at=now)
+            try:
+                yield WriteStore(Record(credential=candidate, poison=marker), record.revision)
+            except AuthError as error:
+                self.log.emit("error", "authfsm.store.write_failed", reason=error.reason)
+        self.lifecycle.fire("poison", facts)
+        self.failure = answer.code
+        self._publish()
+        self.log.emit(
+            "warning",
+            "authfsm.refresh.poisoned",
+            code=answer.code,
+            status=answer.status,
+            fingerprint=reference.fingerprint,
+        )
+        raise self._reauth_error()
+
+    # -- store observations ------------------------------------------------------------------
+
+    def _sync(
+        self, record: Record | None, *, reason: str, judge_against_nothing: bool = False
+    ) -> bool:
+        """
+        Apply what the store holds: logout, shared poison, adoption or shared backoff.
+
+        Returns True when a trigger fired. ``judge_against_nothing`` judges the candidate as if
+        nothing were cached (an identity change the application asked for).
+        """
+        now = self.clock()
+        state = self.state
+        candidate = record.credential if record is not None else None
+        if candidate is None:
+            if state is State.LOGGED_OUT:
+                return False
+            self.lifecycle.fire("logout", Facts(now=now, reason=f"store_emptied:{reason}"))
+            self._take(None)
+            return True
+        facts = observe(
+            reference=None if judge_against_nothing else self.cred,
+            candidate=candidate,
+            record=record,
+            policy=self.policy,
+            now=now,
+            reason=reason,
+        )
+        if facts.candidate == facts.reference and state is State.POISONED:
+            return False
+        if self.lifecycle.attempt("poison", facts):
+            self._take(candidate)
+            self.failure = record.poison.reason if record and record.poison else "poisoned"
+            self._publish()
+            return True
+        if self.lifecycle.attempt("adopt", facts):
+            self._take(candidate)
+            self.log.emit("info", "authfsm.refresh.adopted", fingerprint=facts.candidate)
+            return True
+        if self.lifecycle.attempt("retry_later", facts):
+            assert facts.backoff_until is not None
+            self.retry_at = max(self.retry_at, facts.backoff_until)
+            self._publish()
+            return True
+        return False
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _facts(
+        self,
+        *,
+        now: float,
+        reason: str,
+        candidate: Credentials | None = None,
+        record: Record | None = None,
+    ) -> Facts:
+        return observe(
+            reference=self.cred,
+            candidate=candidate,
+            record=record,
+            policy=self.policy,
+            now=now,
+            reason=reason,
+        )
+
+    def _take(self, credentials: Credentials | None) -> None:
+        """Cache ``credentials`` (after the lifecycle accepted them) and republish the hot path."""
+        previous = self.cred
+        self.cred = credentials
+        if (
+            credentials is None
+            or previous is None
+            or (credentials.fingerprint != previous.fingerprint)
+        ):
+            self.retry_at = -math.inf
+            self.failures = 0
+            if self.state is not State.POISONED:
+                self.failure = None
+        self.due_at = (
+            refresh_point(credentials, self.policy) if credentials is not None else math.inf
+        )
+        self._publish()
+
+    def _publish(self) -> None:
+        # Close the hot path first, then open it with the new token: a reader racing this
+        # sees either the old deadline with a still-valid token, or nothing.
+        hot = self.hot
+        hot.hot_until = -math.inf
+        cred = self.cred
+        if cred is not None and self.state in _SERVING:
+            hot.hot_token = cred.access_token
+            hot.hot_until = self.due_at
+
+    def _lease_timeout(self) -> float:
+        return self.policy.lease_timeout.total_seconds()
+
+    def _refused(self) -> None:
+        self.failure = "account_mismatch"
+        self.log.emit(
+            "warning",
+            "authfsm.refresh.refused",
+            reason="account_mismatch",
+            fingerprint=self.cred.fingerprint if self.cred else None,
+        )
+        raise AccountMismatch()
+
+    def _reauth_error(self) -> ReauthRequired:
+        if self.state is State.POISONED:
+            return ReauthRequired(
+                f"The credential was rejected for good ({self.failure or 'poisoned'}); "
+                "log in again.",
+                reason=self.failure or "poisoned",
+            )
+        return ReauthRequired("Not logged in; log in first.", reason="logged_out")
+
+    def snapshot(self, include_token: bool) -> AuthStatus:
+        """The status as cached now (no I/O)."""
+        cred = self.cred
+        state = self.state
+        if cred is None:
+            return AuthStatus(state=state, failure=self.failure, requires_login=True)
+        show = include_token and state in (_HOLDING | {State.REFRESHING})
+        return AuthStatus(
+            state=state,
+            method=cred.kind.value,
+            token=cred.access_token if show else None,
+            identity=identity_of(cred, self.policy.identity),
+            fingerprint=cred.fingerprint,
+            expires_at=cred.expires_at,
+            refresh_at=_utc(self.due_at),
+            retry_at=_utc(self.retry_at) if state is State.STALE else None,
+            failure=self.failure,
+            requires_login=state is State.POISONED or self.failure == "account_mismatch",
+        )
