@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -97,7 +98,7 @@ class Credentials:
         """A static API key credential: never refreshed."""
         return cls(access_token=key, kind=Kind.API_KEY)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """A stable, non-reversible name for this credential (see :func:`fingerprint`)."""
         return fingerprint(self)

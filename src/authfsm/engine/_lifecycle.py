@@ -38,6 +38,14 @@ def _guard(fn: Callable[[Facts], bool]) -> Callable[[EventData], bool]:
     return check
 
 
+def _names(guards: object) -> list[str]:
+    # The table names its guards (strings), so diagrams can print them; nothing else is allowed.
+    names = guards if isinstance(guards, list) else [] if guards is None else [guards]
+    if not all(isinstance(name, str) and name in GUARDS for name in names):
+        raise TypeError(f"table guards must be names from GUARDS, got {guards!r}")
+    return list(names)
+
+
 class Lifecycle:
     """
     Holds the current :class:`State` and fires triggers.
@@ -70,6 +78,15 @@ class Lifecycle:
         self._allowed: dict[State, frozenset[str]] = {
             s: frozenset(self._machine.get_triggers(s)) for s in State
         }
+        # The guards of every row per (state, trigger), to skip the machine when none can pass.
+        self._rows: dict[tuple[State, str], list[tuple[list[str], list[str]]]] = {}
+        for row in TRANSITIONS:
+            source = row["source"]
+            for state in source if isinstance(source, list) else [source]:
+                assert isinstance(state, State)
+                self._rows.setdefault((state, row["trigger"]), []).append(
+                    (_names(row.get("conditions")), _names(row.get("unless")))
+                )
 
     def allows(self, trigger: str) -> bool:
         """The table declares ``trigger`` for the current state (guards not consulted)."""
@@ -83,8 +100,20 @@ class Lifecycle:
         return bool(result)
 
     def attempt(self, trigger: str, facts: Facts) -> bool:
-        """Like :meth:`fire`, but an undeclared pair is just a refusal."""
-        return self.allows(trigger) and self.fire(trigger, facts)
+        """
+        Like :meth:`fire`, but an undeclared pair is just a refusal.
+
+        The engine probes the store's news with several triggers in turn; most probes are
+        refused, so the guards are checked here first (they are pure) and the machine is only
+        run when a row can pass. The machine stays the judge of which row wins.
+        """
+        rows = self._rows.get((self.state, trigger))
+        if not rows or not any(
+            all(GUARDS[g](facts) for g in conditions) and not any(GUARDS[g](facts) for g in unless)
+            for conditions, unless in rows
+        ):
+            return False
+        return self.fire(trigger, facts)
 
     def _report(self, event: EventData) -> None:
         if self._on_transition is None or event.transition is None:
