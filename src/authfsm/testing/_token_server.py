@@ -17,26 +17,21 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import contextlib
 import hmac
-import io
 import json
-import re
 import secrets
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote_plus, urlsplit
+from urllib.parse import unquote_plus
 
 import attrs
 
 from ..engine._credentials import Credentials
+from ._http import LoopbackHTTPServer, MalformedRequestError, Reply, parse_params
 
 __all__ = ["Call", "Outcome", "ScriptedResponse", "TokenServer"]
 
@@ -60,9 +55,6 @@ REVOKE_PATH = "/oauth/revoke"
 RESOURCE_PATH = "/resource"
 
 # Bodies are held in memory; a cap keeps a runaway client from exhausting the test process.
-_MAX_BODY = 32 * 1024 * 1024
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
-_MAX_TRAILERS = 64
 
 
 def _freeze_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
@@ -128,16 +120,6 @@ class Call:
 
 
 @attrs.frozen(kw_only=True)
-class _Reply:
-    status: int
-    body: bytes = b""
-    content_type: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    delay: float = 0.0
-    drop: bool = False
-
-
-@attrs.frozen(kw_only=True)
 class _Spent:
     at: float
     # The response that spent the token, replayed verbatim on a reuse within the grace period.
@@ -156,10 +138,6 @@ class _Family:
     access_expires_at: float = 0.0
     alive: bool = True
     spent: dict[str, _Spent] = attrs.field(factory=dict, repr=False)
-
-
-class _MalformedRequestError(Exception):
-    """The request could not be read or parsed; answered 400 invalid_request."""
 
 
 class TokenServer:
@@ -212,7 +190,7 @@ class TokenServer:
         self._reuse_rejections = 0
         self._grace_reuses = 0
 
-        self._httpd: _HTTPServer | None = None
+        self._httpd: LoopbackHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -221,7 +199,7 @@ class TokenServer:
         """Bind 127.0.0.1 on an ephemeral port and serve from a daemon thread; returns self."""
         if self._httpd is not None:
             raise RuntimeError("TokenServer is already running")
-        httpd = _HTTPServer(self)
+        httpd = LoopbackHTTPServer(self)
         thread = threading.Thread(
             target=httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -454,7 +432,7 @@ class TokenServer:
         content_type: str | None,
         authorization: str | None,
         body: bytes,
-    ) -> _Reply:
+    ) -> Reply:
         if path == TOKEN_PATH:
             if method != "POST":
                 return self._refuse(path, method, 405, "invalid_request", "use POST")
@@ -469,24 +447,24 @@ class TokenServer:
             return self._resource(method, authorization, body)
         return self._refuse(path, method, 404, "invalid_request", "no such endpoint")
 
-    def _unreadable(self, path: str, method: str) -> _Reply:
+    def _unreadable(self, path: str, method: str) -> Reply:
         if path == TOKEN_PATH and method == "POST":
             with self._lock:
                 self._token_calls += 1
         return self._refuse(path, method, 400, "invalid_request", "the request body is malformed")
 
-    def _refuse(self, path: str, method: str, status: int, error: str, description: str) -> _Reply:
+    def _refuse(self, path: str, method: str, status: int, error: str, description: str) -> Reply:
         with self._lock:
             self._log(path, method, None, status, "bad_request", None)
         return _error(status, error, description)
 
-    def _token(self, content_type: str | None, authorization: str | None, body: bytes) -> _Reply:
+    def _token(self, content_type: str | None, authorization: str | None, body: bytes) -> Reply:
         # Outside the lock, so concurrent calls wait in parallel as they would at a slow IdP.
         if self._latency > 0:
             time.sleep(self._latency)
         try:
-            params: dict[str, str] | None = _parse_params(content_type, body)
-        except _MalformedRequestError:
+            params: dict[str, str] | None = parse_params(content_type, body)
+        except MalformedRequestError:
             params = None
         grant_type = None if params is None else params.get("grant_type")
         with self._lock:
@@ -531,7 +509,7 @@ class TokenServer:
                 )
             return self._refresh(presented)
 
-    def _refresh(self, presented: str) -> _Reply:
+    def _refresh(self, presented: str) -> Reply:
         now = self._clock()
         family = self._by_refresh.get(presented)
         if family is None:
@@ -569,7 +547,7 @@ class TokenServer:
         error: str,
         description: str,
         headers: tuple[tuple[str, str], ...] = (),
-    ) -> _Reply:
+    ) -> Reply:
         self._log(TOKEN_PATH, "POST", grant_type, status, outcome, None)
         return _error(status, error, description, headers)
 
@@ -600,10 +578,10 @@ class TokenServer:
             return "client authentication failed"
         return None
 
-    def _revoke(self, content_type: str | None, body: bytes) -> _Reply:
+    def _revoke(self, content_type: str | None, body: bytes) -> Reply:
         try:
-            params = _parse_params(content_type, body)
-        except _MalformedRequestError:
+            params = parse_params(content_type, body)
+        except MalformedRequestError:
             return self._refuse(
                 REVOKE_PATH, "POST", 400, "invalid_request", "the body is malformed"
             )
@@ -618,9 +596,9 @@ class TokenServer:
             self._log(
                 REVOKE_PATH, "POST", None, 200, "revoked", None if family is None else family.id
             )
-        return _Reply(status=200)
+        return Reply(status=200)
 
-    def _resource(self, method: str, authorization: str | None, body: bytes) -> _Reply:
+    def _resource(self, method: str, authorization: str | None, body: bytes) -> Reply:
         token = None
         if authorization is not None and authorization[:7].lower() == "bearer ":
             token = authorization[7:].strip()
@@ -642,7 +620,7 @@ class TokenServer:
                     None if family is None else family.id,
                     now,
                 )
-                return _Reply(
+                return Reply(
                     status=401,
                     body=_dumps({"error": "invalid_token"}),
                     content_type="application/json",
@@ -758,210 +736,7 @@ class TokenServer:
         )
 
 
-# -- HTTP plumbing -----------------------------------------------------------------------------
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    # Handler threads must never keep a test process alive, and 32+ clients connect at once.
-    daemon_threads = True
-    request_queue_size = 128
-
-    def __init__(self, owner: TokenServer) -> None:
-        self.owner = owner
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def track(self, connection: socket.socket, *, open_: bool) -> None:
-        with self._connections_lock:
-            if open_:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
-    def close_connections(self) -> None:
-        # Idle keep-alive connections would otherwise outlive stop() and hide a server "crash".
-        with self._connections_lock:
-            connections = list(self._connections)
-            self._connections.clear()
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hung up (a timeout test) is normal here; anything else is a bug worth a
-        # traceback, which never contains request data.
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "authfsm-testing"
-    sys_version = ""
-    # An idle keep-alive connection is closed after this long, so handler threads do not pile up.
-    timeout = 30.0
-    # Headers and body leave in separate writes; without TCP_NODELAY, Nagle plus delayed ACK adds
-    # tens of milliseconds to every request, which would swamp benchmarks.
-    disable_nagle_algorithm = True
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, open_=True)
-
-    def finish(self) -> None:
-        self.server.track(self.connection, open_=False)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The default writes every request line to stderr; tests want silence.
-        return
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
-        owner = self.server.owner
-        path = urlsplit(self.path).path
-        try:
-            body = _read_body(
-                self.rfile,
-                self.headers.get("Content-Length"),
-                self.headers.get("Transfer-Encoding"),
-            )
-        except _MalformedRequestError:
-            # The framing is broken, so the rest of the stream cannot be trusted.
-            self.close_connection = True
-            reply = owner._unreadable(path, self.command)
-        else:
-            reply = owner._handle(
-                self.command,
-                path,
-                self.headers.get("Content-Type"),
-                self.headers.get("Authorization"),
-                body,
-            )
-        if reply.delay > 0:
-            time.sleep(reply.delay)
-        if reply.drop:
-            self.close_connection = True
-            return
-        self._write(reply)
-
-    def _write(self, reply: _Reply) -> None:
-        try:
-            self.send_response(reply.status)
-            if reply.content_type is not None:
-                self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-            # RFC 6749 §5.1: token responses must not be cached.
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Pragma", "no-cache")
-            for name, value in reply.headers:
-                self.send_header(name, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(reply.body)
-            self.wfile.flush()
-        except OSError:
-            # The client gave up (a timeout test); nothing to answer any more.
-            self.close_connection = True
-
-
-def _read_body(
-    rfile: io.BufferedIOBase, content_length: str | None, transfer_encoding: str | None
-) -> bytes:
-    if transfer_encoding is not None:
-        if transfer_encoding.strip().lower() != "chunked":
-            raise _MalformedRequestError
-        return _read_chunked(rfile)
-    if content_length is None:
-        return b""
-    if not content_length.strip().isdigit():
-        raise _MalformedRequestError
-    length = int(content_length)
-    if length > _MAX_BODY:
-        raise _MalformedRequestError
-    body = rfile.read(length)
-    if len(body) != length:
-        raise _MalformedRequestError
-    return body
-
-
-def _read_chunked(rfile: io.BufferedIOBase) -> bytes:
-    parts: list[bytes] = []
-    total = 0
-    # Each chunk carries at least one byte, so the cap also bounds the number of chunks.
-    while True:
-        line = rfile.readline(1024)
-        if not line.endswith(b"\n"):
-            raise _MalformedRequestError
-        size_text = line.split(b";", 1)[0].strip()
-        if not _CHUNK_SIZE.fullmatch(size_text):
-            raise _MalformedRequestError
-        size = int(size_text, 16)
-        if size == 0:
-            break
-        total += size
-        if total > _MAX_BODY:
-            raise _MalformedRequestError
-        chunk = rfile.read(size)
-        if len(chunk) != size or rfile.readline(3) not in (b"\r\n", b"\n"):
-            raise _MalformedRequestError
-        parts.append(chunk)
-    for _ in range(_MAX_TRAILERS):
-        trailer = rfile.readline(8192)
-        if trailer in (b"\r\n", b"\n"):
-            return b"".join(parts)
-        if not trailer.endswith(b"\n"):
-            raise _MalformedRequestError
-    raise _MalformedRequestError
-
-
-def _parse_params(content_type: str | None, body: bytes) -> dict[str, str]:
-    """The request parameters from a form or JSON body; _MalformedRequestError for anything else."""
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _MalformedRequestError from None
-    if media_type == "application/json":
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise _MalformedRequestError from None
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise _MalformedRequestError
-        return {str(k): str(v) for k, v in value.items()}
-    if media_type == "application/x-www-form-urlencoded":
-        try:
-            parsed = parse_qs(text, keep_blank_values=True, strict_parsing=True)
-        except ValueError:
-            raise _MalformedRequestError from None
-        # RFC 6749 §3.1: a parameter sent more than once makes the request invalid.
-        if any(len(values) != 1 for values in parsed.values()):
-            raise _MalformedRequestError
-        return {key: values[0] for key, values in parsed.items()}
-    raise _MalformedRequestError
-
-
-def _scripted_reply(scripted: ScriptedResponse) -> _Reply:
+def _scripted_reply(scripted: ScriptedResponse) -> Reply:
     content_type = None
     if scripted.json is not None:
         body, content_type = _dumps(scripted.json), "application/json"
@@ -972,7 +747,7 @@ def _scripted_reply(scripted: ScriptedResponse) -> _Reply:
     headers = tuple(scripted.headers.items())
     if any(name.lower() == "content-type" for name, _ in headers):
         content_type = None
-    return _Reply(
+    return Reply(
         status=scripted.status,
         body=body,
         content_type=content_type,
@@ -984,8 +759,8 @@ def _scripted_reply(scripted: ScriptedResponse) -> _Reply:
 
 def _error(
     status: int, error: str, description: str, headers: tuple[tuple[str, str], ...] = ()
-) -> _Reply:
-    return _Reply(
+) -> Reply:
+    return Reply(
         status=status,
         body=_dumps({"error": error, "error_description": description}),
         content_type="application/json",
@@ -993,8 +768,8 @@ def _error(
     )
 
 
-def _json_reply(status: int, value: Mapping[str, object]) -> _Reply:
-    return _Reply(status=status, body=_dumps(dict(value)), content_type="application/json")
+def _json_reply(status: int, value: Mapping[str, object]) -> Reply:
+    return Reply(status=status, body=_dumps(dict(value)), content_type="application/json")
 
 
 def _dumps(value: object) -> bytes:
