@@ -599,3 +599,55 @@ def test_policy_presets_read_codex_claims(server):
 
     assert ("a-9", "u-9") == tuple(attrs.astuple(identity_of(creds, Policy.codex().identity)))
     assert (None, "u-9") == tuple(attrs.astuple(identity_of(creds, Policy().identity)))
+
+
+class TestClientErrors:
+    """A misconfigured client poisons only its own engine, never the shared credential."""
+
+    def test_invalid_client_is_not_shared(self, file_store, endpoint, clock, server):
+        """A wrong client id: this engine stops, a correctly configured sibling still refreshes."""
+        with OAuthTokenEndpoint(server.token_url, "wrong-client") as wrong:
+            misconfigured, _ = logged_in(file_store, wrong, clock, server)
+            sibling = AuthEngine(FileStore(file_store.path), endpoint, clock=clock)
+            clock.advance(3600)
+
+            with pytest.raises(ReauthRequired) as caught:
+                misconfigured.access_token()
+            assert "invalid_client" == caught.value.reason
+            assert None is file_store.read().poison
+            with pytest.raises(ReauthRequired):
+                misconfigured.access_token()
+            assert 1 == server.token_calls
+
+            token = sibling.access_token()
+
+        assert (State.FRESH, 2) == (sibling.state, server.token_calls)
+        assert token == stored(file_store).access_token
+
+
+class TestRefusalCost:
+    """A refused identity switch costs no lease."""
+
+    def test_account_mismatch_takes_no_lease(self, file_store, endpoint, clock, server):
+        """Each refused call reads the store once and never takes the lease."""
+        counting = CountingStore(file_store)
+        engine, _ = logged_in(counting, endpoint, clock, server)
+        other = server.issue(user_id="user-2", account_id="acct-2")
+        file_store.write(Record(credential=other), file_store.read().revision)
+        clock.advance(3600)
+        counting.reads = counting.writes = counting.leases = 0
+
+        for _ in range(3):
+            with pytest.raises(AccountMismatch):
+                engine.access_token()
+
+        assert (3, 0, 0) == (counting.reads, counting.leases, counting.writes)
+
+
+def test_logout_reports_revocation(file_store, endpoint, clock, server):
+    """logout(revoke=True) says whether the server accepted the revocation."""
+    engine, creds = logged_in(file_store, endpoint, clock, server)
+
+    assert engine.logout(revoke=True) is True
+    assert not server.family_alive(creds)
+    assert engine.logout() is False

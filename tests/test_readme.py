@@ -36,7 +36,7 @@ class TestReadme:
         assert len(BLOCKS) >= 2
 
     def test_quickstart_file_runs(self):
-        """examples/quickstart.py (the demo command of the README) runs."""
+        """examples/quickstart.py, the complete quick-start example, runs."""
         done = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "quickstart.py")],
             capture_output=True,

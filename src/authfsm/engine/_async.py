@@ -160,9 +160,9 @@ class AsyncAuthEngine:
         """See ``AuthEngine.login``."""
         await self._run(lambda core: core.login(credentials))
 
-    async def logout(self, *, revoke: bool = False) -> None:
+    async def logout(self, *, revoke: bool = False) -> bool:
         """See ``AuthEngine.logout``."""
-        await self._run(lambda core: core.logout(revoke=revoke))
+        return await self._run(lambda core: core.logout(revoke=revoke))
 
     async def reload(self, *, allow_identity_change: bool = False) -> State:
         """See ``AuthEngine.reload``."""

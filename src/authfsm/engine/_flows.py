@@ -47,7 +47,10 @@ from ._ports import PermanentFailure, Refreshed, TransientFailure
 from ._record import Backoff, Poison, Record
 from ._status import AuthStatus
 
-__all__ = ["EngineCore"]
+__all__ = ["CLIENT_ERROR_CODES", "EngineCore"]
+
+#: Permanent codes that blame this process's client configuration, not the credential.
+CLIENT_ERROR_CODES: Final = frozenset({"invalid_client", "unauthorized_client"})
 
 _SERVING: Final = frozenset({State.FRESH, State.RELOADED})
 _HOLDING: Final = frozenset({State.FRESH, State.RELOADED, State.STALE})
@@ -214,20 +217,22 @@ class EngineCore:
         self.lifecycle.fire("login", facts)
         self._take(credentials)
 
-    def logout(self, *, revoke: bool) -> Flow[None]:
+    def logout(self, *, revoke: bool) -> Flow[bool]:
+        revoked: list[bool] = []
         yield AcquireLease(self._lease_timeout())
         try:
             record = yield READ
             if revoke:
                 stored = record.credential if record is not None else None
                 for cred in {c for c in (self.cred, stored) if c is not None}:
-                    yield RevokeAtEndpoint(cred)
+                    revoked.append(bool((yield RevokeAtEndpoint(cred))))
             if record is not None and record.credential is not None:
                 yield WriteStore(Record(credential=None), record.revision)
         finally:
             yield RELEASE
         self.lifecycle.fire("logout", Facts(now=self.clock(), reason="logout"))
         self._take(None)
+        return bool(revoked) and all(revoked)
 
     def reload(self, *, allow_identity_change: bool) -> Flow[State]:
         record = yield READ
@@ -247,8 +252,13 @@ class EngineCore:
 
     def _guarded_refresh(self, now: float) -> Flow[None]:
         """Reload before spending: adopt what a sibling wrote, else spend under the lease."""
-        if self._sync((yield READ), reason="before_lease"):
+        record = yield READ
+        if self._sync(record, reason="before_lease"):
             return
+        if record is not None and record.credential is not None:
+            early = self._facts(now=now, reason="before_lease", candidate=record.credential)
+            if not early.compatible:
+                self._refused()  # another identity: no lease, no call, no write
         yield AcquireLease(self._lease_timeout())
         try:
             record = yield READ
@@ -393,7 +403,10 @@ class EngineCore:
             self._take(candidate)
             self.log.emit("info", "authfsm.refresh.adopted", fingerprint=facts.candidate)
             return
-        if facts.candidate == facts.reference:
+        if facts.candidate == facts.reference and answer.code not in CLIENT_ERROR_CODES:
+            # Shared: the credential itself is dead for everyone. A client error (wrong client
+            # id or secret in this process) says nothing about the credential, so it poisons
+            # only this engine and a correctly configured sibling may still refresh.
             marker = Poison(fingerprint=reference.fingerprint, reason=answer.code, at=now)
             try:
                 yield WriteStore(Record(credential=candidate, poison=marker), record.revision)

@@ -136,13 +136,14 @@ class AuthEngine:
         """Store ``credentials`` for every engine sharing the store and use them; clears poison."""
         self._run(self._core.login(credentials))
 
-    def logout(self, *, revoke: bool = False) -> None:
+    def logout(self, *, revoke: bool = False) -> bool:
         """
         Remove the credential from the store (every sibling sees LOGGED_OUT at its next check).
 
         With ``revoke=True`` the refresh token is also revoked at the server (best effort).
+        Returns True when a revocation was asked for and the server accepted it.
         """
-        self._run(self._core.logout(revoke=revoke))
+        return self._run(self._core.logout(revoke=revoke))
 
     def reload(self, *, allow_identity_change: bool = False) -> State:
         """
