@@ -23,9 +23,20 @@ class CodecError(ValueError):
 
 
 class Codec(Protocol):
-    """Turns a record into bytes and back."""
+    """
+    Turns a record into bytes and back.
 
-    def encode(self, record: Record) -> bytes: ...
+    ``encode`` is given the bytes it replaces (``previous``, None when there are none), so a
+    format shared with another program can keep that program's fields; a codec that owns its
+    whole format ignores them. ``encode`` raises ``InvalidCredentials`` for a record the format
+    cannot hold; ``decode`` raises :class:`CodecError`.
+
+    A codec may also set ``settle_time`` (seconds): when the file fails to decode,
+    :class:`~authfsm.adapters.FileStore` waits up to that long for it to change before calling it
+    corrupt, for formats that other programs rewrite in place rather than atomically.
+    """
+
+    def encode(self, record: Record, previous: bytes | None = None) -> bytes: ...
 
     def decode(self, data: bytes) -> Record: ...
 
@@ -105,6 +116,42 @@ def credential_from_json(obj: Any) -> Credentials:
         raise CodecError(str(error)) from None
 
 
+def poison_to_json(poison: Poison) -> dict[str, Any]:
+    return {"fingerprint": poison.fingerprint, "reason": poison.reason, "at": poison.at}
+
+
+def poison_from_json(obj: Any) -> Poison | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, dict):
+        raise CodecError("'poison' must be an object")
+    return Poison(
+        fingerprint=_get(obj, "fingerprint", str, optional=False),
+        reason=_get(obj, "reason", str, optional=False),
+        at=_float(obj, "at"),
+    )
+
+
+def backoff_to_json(backoff: Backoff) -> dict[str, Any]:
+    return {
+        "fingerprint": backoff.fingerprint,
+        "not_before": backoff.not_before,
+        "failures": backoff.failures,
+    }
+
+
+def backoff_from_json(obj: Any) -> Backoff | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, dict):
+        raise CodecError("'backoff' must be an object")
+    return Backoff(
+        fingerprint=_get(obj, "fingerprint", str, optional=False),
+        not_before=_float(obj, "not_before"),
+        failures=_get(obj, "failures", int, optional=False),
+    )
+
+
 class NativeCodec:
     """
     authfsm's own JSON format: the credential, the revision and the shared markers.
@@ -115,7 +162,8 @@ class NativeCodec:
 
     FORMAT = "authfsm/1"
 
-    def encode(self, record: Record) -> bytes:
+    def encode(self, record: Record, previous: bytes | None = None) -> bytes:
+        # The whole file is ours: nothing of the previous one is kept.
         doc: dict[str, Any] = {
             "format": self.FORMAT,
             "revision": record.revision,
@@ -124,15 +172,9 @@ class NativeCodec:
             "backoff": None,
         }
         if record.poison is not None:
-            p = record.poison
-            doc["poison"] = {"fingerprint": p.fingerprint, "reason": p.reason, "at": p.at}
+            doc["poison"] = poison_to_json(record.poison)
         if record.backoff is not None:
-            b = record.backoff
-            doc["backoff"] = {
-                "fingerprint": b.fingerprint,
-                "not_before": b.not_before,
-                "failures": b.failures,
-            }
+            doc["backoff"] = backoff_to_json(record.backoff)
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     def decode(self, data: bytes) -> Record:
@@ -149,21 +191,9 @@ class NativeCodec:
             raise CodecError("'revision' must not be negative")
         raw_cred = doc.get("credential")
         credential = credential_from_json(raw_cred) if raw_cred is not None else None
-        poison = backoff = None
-        if (p := doc.get("poison")) is not None:
-            if not isinstance(p, dict):
-                raise CodecError("'poison' must be an object")
-            poison = Poison(
-                fingerprint=_get(p, "fingerprint", str, optional=False),
-                reason=_get(p, "reason", str, optional=False),
-                at=_float(p, "at"),
-            )
-        if (b := doc.get("backoff")) is not None:
-            if not isinstance(b, dict):
-                raise CodecError("'backoff' must be an object")
-            backoff = Backoff(
-                fingerprint=_get(b, "fingerprint", str, optional=False),
-                not_before=_float(b, "not_before"),
-                failures=_get(b, "failures", int, optional=False),
-            )
-        return Record(credential=credential, revision=revision, poison=poison, backoff=backoff)
+        return Record(
+            credential=credential,
+            revision=revision,
+            poison=poison_from_json(doc.get("poison")),
+            backoff=backoff_from_json(doc.get("backoff")),
+        )

@@ -4,7 +4,9 @@ A store in one JSON file, shared by processes on one machine.
 Writes are atomic (a 0600 temporary file in the same folder, fsync, rename, fsync of the folder)
 and compare-and-swap on the record's revision. The lease is an OS advisory lock on a sibling
 ``.lock`` file (``filelock``): the OS frees it when a holder dies. A file that cannot be decoded
-raises ``StorageCorrupt`` naming the path and is never overwritten.
+raises ``StorageCorrupt`` naming the path and is never overwritten; for a format that another
+program rewrites in place (the codec's ``settle_time``), the file is first given that long to
+change, so a write caught half-way is not mistaken for corruption.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +27,9 @@ from ._codec import Codec, CodecError, NativeCodec
 
 __all__ = ["FileStore"]
 
+# A file that fails to decode is re-read this many times within the settle time.
+_SETTLE_STEPS = 4
+
 
 class FileStore:
     """
@@ -34,6 +40,8 @@ class FileStore:
         codec: the file format (default: :class:`NativeCodec`).
         lock_path: the lease's lock file (default: ``<path>.lock``).
         poll_interval: how often a waiting engine retries the OS lock, in seconds.
+        settle_time: how long a file that fails to decode may take to change before it is
+            called corrupt (default: the codec's ``settle_time``, else 0: at once).
     """
 
     def __init__(
@@ -43,9 +51,14 @@ class FileStore:
         codec: Codec | None = None,
         lock_path: str | os.PathLike[str] | None = None,
         poll_interval: float = 0.002,
+        settle_time: float | None = None,
     ) -> None:
         self._path = Path(path).expanduser()
         self._codec: Codec = codec if codec is not None else NativeCodec()
+        settle = getattr(self._codec, "settle_time", 0.0) if settle_time is None else settle_time
+        if not isinstance(settle, int | float) or not 0 <= settle <= 60:
+            raise ValueError(f"settle_time must be between 0 and 60 seconds, not {settle!r}")
+        self._settle = float(settle)
         lock = (
             Path(lock_path).expanduser()
             if lock_path
@@ -64,8 +77,37 @@ class FileStore:
         return str(self._path)
 
     def read(self) -> Record | None:
+        return self._load()[1]
+
+    def _load(self) -> tuple[bytes | None, Record | None]:
+        """The file's bytes and the record they hold; (None, None) when there is no file."""
+        data = self._read_bytes()
+        if data is None:
+            return None, None
         try:
-            data = self._path.read_bytes()
+            return data, self._codec.decode(data)
+        except CodecError as error:
+            problem = str(error)
+        if self._settle > 0:
+            # Another program may be rewriting the file in place (truncate, then write): what
+            # is still undecodable after the settle time is corrupt.
+            for _ in range(_SETTLE_STEPS):
+                time.sleep(self._settle / _SETTLE_STEPS)
+                again = self._read_bytes()
+                if again is None:
+                    return None, None
+                if again == data:
+                    continue
+                data = again
+                try:
+                    return data, self._codec.decode(data)
+                except CodecError as error:
+                    problem = str(error)
+        raise StorageCorrupt(self.location, problem)
+
+    def _read_bytes(self) -> bytes | None:
+        try:
+            return self._path.read_bytes()
         except FileNotFoundError:
             return None
         except IsADirectoryError:
@@ -79,20 +121,18 @@ class FileStore:
             raise StorageUnavailable(
                 f"Cannot read credential store {self.location}: {error.strerror}."
             ) from None
-        try:
-            return self._codec.decode(data)
-        except CodecError as error:
-            raise StorageCorrupt(self.location, str(error)) from None
 
     def write(self, record: Record, expected_revision: int | None) -> Record:
         with self.lease(timeout=30.0):
-            current = self.read()  # a corrupt file raises here: it is never overwritten
+            # A corrupt file raises here: it is never overwritten.
+            previous, current = self._load()
             found = current.revision if current is not None else None
             if found != expected_revision:
                 raise WriteConflict(self.location, expected_revision, found)
             stored = attrs.evolve(record, revision=(found or 0) + 1)
+            data = self._codec.encode(stored, previous=previous)
             try:
-                self._replace(self._codec.encode(stored))
+                self._replace(data)
             except OSError as error:
                 raise StorageUnavailable(
                     f"Cannot write credential store {self.location}: {error.strerror}."

@@ -1,0 +1,246 @@
+"""
+A store in the OS secret service (Secret Service, KWallet, macOS Keychain, Windows Credential
+Locker) through the ``keyring`` package.
+
+The record is one secret, the codec's text (native JSON by default), under a service name and a
+user name. A keyring offers neither a lock nor a compare-and-swap, so the lease is an OS lock on
+a lock file (``filelock``, as for ``FileStore``: the OS frees it when a holder dies), and
+``write()`` and ``delete()`` compare the revision while holding it. Every engine that shares the
+secret must therefore share the lock file too: same user, same ``lock_path``.
+
+Secret services answer a read atomically, but file-based backends (``keyrings.alt``) rewrite
+their file in place; so a read that finds nothing, or something unreadable, is repeated under
+the lock, where no authfsm writer can be, before it counts as an empty store or a corrupt one.
+
+A backend error is ``StorageUnavailable`` (the backend's message is not repeated: it could
+quote the secret). A secret that cannot be decoded is ``StorageCorrupt`` naming the service and
+user, and is never overwritten. ``keyring`` is imported only when a store is made without an
+explicit backend, so authfsm imports without it (``pip install 'authfsm[keyring]'``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import attrs
+import filelock
+
+from ...engine import LeaseTimeout, Record, StorageCorrupt, StorageUnavailable, WriteConflict
+from ._codec import Codec, CodecError, NativeCodec
+
+__all__ = ["KeyringStore", "SecretBackend"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@runtime_checkable
+class SecretBackend(Protocol):
+    """The part of ``keyring.backend.KeyringBackend`` a :class:`KeyringStore` uses."""
+
+    def get_password(self, service: str, username: str) -> str | None: ...
+
+    def set_password(self, service: str, username: str, password: str) -> None: ...
+
+    def delete_password(self, service: str, username: str) -> None: ...
+
+
+def default_lock_path(service: str, username: str) -> Path:
+    """
+    Where the lease's lock file lives unless told: the user's state folder.
+
+    ``$XDG_STATE_HOME/authfsm`` (else ``~/.local/state/authfsm``); ``%LOCALAPPDATA%\\authfsm`` on
+    Windows. The name shows the service and user and ends in a hash of both, so distinct
+    secrets never share a lock.
+    """
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    digest = hashlib.blake2b(f"{service}\0{username}".encode(), digest_size=4).hexdigest()
+    readable = _UNSAFE.sub("_", f"{service}-{username}")[:60]
+    return base / "authfsm" / f"keyring-{readable}-{digest}.lock"
+
+
+class KeyringStore:
+    """
+    The credential record as one secret in the OS keyring.
+
+    Args:
+        service: the keyring's service name.
+        username: the keyring's user (account) name under that service.
+        backend: a ``keyring.backend.KeyringBackend`` (or anything with its three methods);
+            default: ``keyring.get_keyring()``, the backend ``keyring`` chose for this machine.
+        lock_path: the lease's lock file (default: :func:`default_lock_path`).
+        codec: the secret's format (default: :class:`NativeCodec`).
+        lock_timeout: how long ``write()``, ``delete()`` and a confirming read wait for the lock.
+        poll_interval: how often a waiting engine retries the OS lock, in seconds.
+    """
+
+    def __init__(
+        self,
+        service: str = "authfsm",
+        username: str = "default",
+        *,
+        backend: SecretBackend | None = None,
+        lock_path: str | os.PathLike[str] | None = None,
+        codec: Codec | None = None,
+        lock_timeout: float = 30.0,
+        poll_interval: float = 0.002,
+    ) -> None:
+        for name, value in (("service", service), ("username", username)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string")
+        self._service = service
+        self._username = username
+        self._backend = backend if backend is not None else _system_keyring()
+        self._codec: Codec = codec if codec is not None else NativeCodec()
+        self._lock_timeout = lock_timeout
+        self._lock_path = (
+            Path(lock_path).expanduser()
+            if lock_path is not None
+            else default_lock_path(service, username)
+        )
+        # As in FileStore: re-entrant for the thread holding the lease (so write() inside a
+        # lease does not deadlock), exclusive across threads and processes.
+        self._lock = filelock.FileLock(self._lock_path, mode=0o600, poll_interval=poll_interval)
+
+    @property
+    def service(self) -> str:
+        return self._service
+
+    @property
+    def username(self) -> str:
+        return self._username
+
+    @property
+    def lock_path(self) -> Path:
+        return self._lock_path
+
+    @property
+    def location(self) -> str:
+        return f"keyring service {self._service!r}, user {self._username!r}"
+
+    def read(self) -> Record | None:
+        try:
+            value = self._fetch()
+            if value is not None:
+                return self._decode(value)
+        except (StorageUnavailable, StorageCorrupt):
+            pass
+        # Nothing, or nothing readable: a backend rewriting its file may be caught mid-write.
+        # Under the lock no authfsm writer is: what is seen there counts.
+        try:
+            with self.lease(self._lock_timeout):
+                return self._load()[1]
+        except LeaseTimeout:
+            raise StorageUnavailable(
+                f"Cannot confirm what {self.location} holds: its lock {self._lock_path} was "
+                f"held for over {self._lock_timeout:g} s.",
+                reason="lease_timeout",
+            ) from None
+
+    def write(self, record: Record, expected_revision: int | None) -> Record:
+        with self.lease(self._lock_timeout):
+            previous, current = self._load()  # a corrupt secret raises: it is never overwritten
+            found = current.revision if current is not None else None
+            if found != expected_revision:
+                raise WriteConflict(self.location, expected_revision, found)
+            stored = attrs.evolve(record, revision=(found or 0) + 1)
+            data = self._codec.encode(
+                stored, previous=previous.encode() if previous is not None else None
+            )
+            try:
+                self._backend.set_password(self._service, self._username, data.decode())
+            except Exception as error:  # noqa: BLE001 - every backend raises its own errors
+                raise self._unavailable("write", error) from None
+            return stored
+
+    def delete(self, expected_revision: int | None) -> None:
+        with self.lease(self._lock_timeout):
+            previous, current = self._load()
+            found = current.revision if current is not None else None
+            if found != expected_revision:
+                raise WriteConflict(self.location, expected_revision, found)
+            if previous is None:
+                return
+            try:
+                self._backend.delete_password(self._service, self._username)
+            except Exception as error:  # noqa: BLE001 - every backend raises its own errors
+                # Gone anyway (another program removed it) is what was asked for.
+                if self._fetch() is not None:
+                    raise self._unavailable("delete", error) from None
+
+    @contextmanager
+    def lease(self, timeout: float) -> Iterator[None]:
+        try:
+            self._lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock.acquire(timeout=timeout)
+        except filelock.Timeout:
+            raise LeaseTimeout(
+                f"The refresh lease {self._lock_path} was held for over {timeout:g} s.",
+                reason="lease_timeout",
+            ) from None
+        except OSError as error:
+            raise StorageUnavailable(f"Cannot lock {self._lock_path}: {error.strerror}.") from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _load(self) -> tuple[str | None, Record | None]:
+        """The secret and the record it holds (call with the lock held)."""
+        value = self._fetch()
+        if value is None:
+            return None, None
+        return value, self._decode(value)
+
+    def _fetch(self) -> str | None:
+        try:
+            value = self._backend.get_password(self._service, self._username)
+        except Exception as error:  # noqa: BLE001 - every backend raises its own errors
+            raise self._unavailable("read", error) from None
+        if value is not None and not isinstance(value, str):
+            raise StorageCorrupt(self.location, f"the backend returned {type(value).__name__}")
+        return value
+
+    def _decode(self, value: str) -> Record:
+        try:
+            data = value.encode()
+        except UnicodeEncodeError:
+            raise StorageCorrupt(self.location, "the secret is not valid Unicode text") from None
+        try:
+            return self._codec.decode(data)
+        except CodecError as error:
+            raise StorageCorrupt(self.location, str(error)) from None
+
+    def _unavailable(self, action: str, error: Exception) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"Cannot {action} credential store {self.location}: the keyring backend "
+            f"{type(self._backend).__name__} raised {type(error).__name__}.",
+            reason="keyring_error",
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<KeyringStore service={self._service!r} username={self._username!r} "
+            f"backend={type(self._backend).__name__}>"
+        )
+
+
+def _system_keyring() -> SecretBackend:
+    try:
+        keyring = importlib.import_module("keyring")
+    except ImportError:
+        raise StorageUnavailable(
+            "KeyringStore needs the keyring package: pip install 'authfsm[keyring]'.",
+            reason="keyring_not_installed",
+        ) from None
+    backend: SecretBackend = keyring.get_keyring()
+    return backend
