@@ -651,3 +651,27 @@ def test_logout_reports_revocation(file_store, endpoint, clock, server):
     assert engine.logout(revoke=True) is True
     assert not server.family_alive(creds)
     assert engine.logout() is False
+
+
+class _InterruptedEndpoint:
+    """An endpoint whose call is interrupted (Ctrl-C while the request is in flight)."""
+
+    def refresh(self, credentials: Credentials) -> RefreshOutcome:
+        raise KeyboardInterrupt
+
+    def revoke(self, credentials: Credentials) -> bool:
+        return False
+
+
+def test_interrupt_mid_call_leaves_no_lease_and_no_refreshing(file_store, clock, server):
+    """KeyboardInterrupt during the call propagates, with the lease freed and the state STALE."""
+    engine = AuthEngine(file_store, _InterruptedEndpoint(), clock=clock)
+    engine.login(server.issue())
+    clock.advance(3600)
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.access_token()
+
+    assert State.STALE == engine.state
+    with FileStore(file_store.path).lease(timeout=0):
+        pass

@@ -141,7 +141,8 @@ def drive(flow: Flow[T], store: Store, endpoint: TokenEndpoint | None) -> T:
                     value = endpoint.refresh(effect.credentials)
                 else:
                     value = endpoint.revoke(effect.credentials) if endpoint else False
-            except Exception as caught:  # noqa: BLE001 - handed to the flow, which decides
+            except BaseException as caught:  # noqa: BLE001 - handed to the flow, which decides
+                # KeyboardInterrupt included: the flow's finally blocks must leave REFRESHING.
                 error = caught
     finally:
         while leases:  # only if the flow itself failed mid-lease
