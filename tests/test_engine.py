@@ -675,3 +675,41 @@ def test_interrupt_mid_call_leaves_no_lease_and_no_refreshing(file_store, clock,
     assert State.STALE == engine.state
     with FileStore(file_store.path).lease(timeout=0):
         pass
+
+
+class TestFollowers:
+    """Followers of a refresh adopt the leader's write without queueing for the lease."""
+
+    def test_adopts_while_the_lease_is_still_held(self, file_store, endpoint, clock, server):
+        """The leader's write is adopted while the leader still holds the lease: no call."""
+        follower, _ = logged_in(file_store, endpoint, clock, server)
+        clock.advance(3600)
+        leader_store = FileStore(file_store.path)
+        result: list[str] = []
+        with leader_store.lease(timeout=1.0):
+            worker = threading.Thread(target=lambda: result.append(follower.access_token()))
+            worker.start()
+            newer = server.issue()  # what the leader minted
+            leader_store.write(Record(credential=newer), leader_store.read().revision)
+            worker.join(timeout=5)
+            adopted_under_lease = list(result)
+
+        assert [newer.access_token] == adopted_under_lease
+        assert (State.RELOADED, 0) == (follower.state, server.token_calls)
+
+    def test_lease_timeout_serves_the_old_token(self, file_store, endpoint, clock, server):
+        """A lease held past the policy's timeout: the old token is served, no call."""
+        policy = Policy(lease_timeout=timedelta(milliseconds=100))
+        follower = AuthEngine(file_store, endpoint, policy, clock=clock)
+        creds = server.issue()
+        follower.login(creds)
+        clock.advance(3600 - 60)
+
+        with FileStore(file_store.path).lease(timeout=1.0):
+            token = follower.access_token()
+            with pytest.raises(RefreshFailed) as caught:
+                follower.refresh()
+
+        assert creds.access_token == token
+        assert "lease_timeout" == caught.value.reason
+        assert 0 == server.token_calls

@@ -34,6 +34,7 @@ from ._errors import (
     AccountMismatch,
     AuthError,
     InvalidCredentials,
+    LeaseTimeout,
     ReauthRequired,
     RefreshFailed,
     StorageUnavailable,
@@ -57,6 +58,8 @@ _HOLDING: Final = frozenset({State.FRESH, State.RELOADED, State.STALE})
 # Each pass of the serve loop returns, raises, or fires a trigger that moves towards a served
 # state; four passes cover the longest path (adopt -> expire -> refresh -> serve).
 _MAX_PASSES: Final = 4
+# How long one wait for a busy lease lasts before the store is looked at again.
+_LEASE_SLICE: Final = 0.02
 
 
 def _utc(ts: float) -> datetime | None:
@@ -259,7 +262,8 @@ class EngineCore:
             early = self._facts(now=now, reason="before_lease", candidate=record.credential)
             if not early.compatible:
                 self._refused()  # another identity: no lease, no call, no write
-        yield AcquireLease(self._lease_timeout())
+        if not (yield from self._await_lease()):
+            return  # a sibling wrote while we waited: adopted, nothing to spend
         try:
             record = yield READ
             if self._sync(record, reason="under_lease"):
@@ -296,6 +300,31 @@ class EngineCore:
                     self._publish()
         finally:
             yield RELEASE
+
+    def _await_lease(self) -> Flow[bool]:
+        """
+        Take the lease; while a sibling holds it, keep watching the store.
+
+        Followers of a refresh do not queue for the lease only to re-read the store one after
+        the other: between short waits they read the store, and adopt (returning False) as soon
+        as the leader's write lands. The wait is bounded by the policy's lease timeout.
+        """
+        total = self._lease_timeout()
+        waits = max(1, math.ceil(total / _LEASE_SLICE))
+        for attempt in range(waits):
+            try:
+                yield AcquireLease(min(_LEASE_SLICE, max(total - attempt * _LEASE_SLICE, 0.0)))
+            except LeaseTimeout:
+                if attempt == waits - 1:
+                    raise LeaseTimeout(
+                        f"Another engine held the refresh lease for over {total:g} s.",
+                        reason="lease_timeout",
+                    ) from None
+            else:
+                return True
+            if self._sync((yield READ), reason="while_waiting_for_lease"):
+                return False
+        raise AssertionError("unreachable: the last wait returns or raises")
 
     def _refuse_refresh(self, facts: Facts) -> None:
         if not facts.compatible:
