@@ -713,3 +713,60 @@ class TestFollowers:
         assert creds.access_token == token
         assert "lease_timeout" == caught.value.reason
         assert 0 == server.token_calls
+
+
+class _FlakyStore:
+    """A MemoryStore whose reads fail while `down` is set (a store outage)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.down = False
+        self.reads = 0
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def read(self):
+        self.reads += 1
+        if self.down:
+            from authfsm import StorageUnavailable
+
+            raise StorageUnavailable("store down", reason="storage_unavailable")
+        return self.inner.read()
+
+    def write(self, record, expected_revision):
+        return self.inner.write(record, expected_revision)
+
+    def delete(self, expected_revision):
+        self.inner.delete(expected_revision)
+
+    def lease(self, timeout):
+        return self.inner.lease(timeout)
+
+
+class TestStoreOutage:
+    """An unreachable store is a transient failure: reported, backed off, then forgotten."""
+
+    def test_outage_is_reported_backed_off_and_cleared(self, endpoint, clock, server):
+        """Old token served, one store attempt per backoff, status says why, then recovers."""
+        store = _FlakyStore()
+        engine = AuthEngine(store, endpoint, clock=clock)
+        creds = server.issue()
+        engine.login(creds)
+        clock.advance(3600 - 60)
+        store.down = True
+
+        assert creds.access_token == engine.access_token()
+        reads = store.reads
+        for _ in range(5):
+            assert creds.access_token == engine.access_token()
+        assert reads == store.reads
+        assert "storage_unavailable" == engine.status(refresh=True).failure
+
+        store.down = False
+        clock.advance(600)
+        status = engine.status(refresh=True)
+
+        assert (State.FRESH, None) == (status.state, status.failure)
+        assert 1 == server.token_calls

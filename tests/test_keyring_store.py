@@ -28,8 +28,7 @@ from authfsm.engine import (
     StorageUnavailable,
     WriteConflict,
 )
-from authfsm.testing import TokenServer
-from authfsm.testing._store_kit import check_store
+from authfsm.testing import TokenServer, check_store
 
 keyring_file = pytest.importorskip("keyrings.alt.file", reason="needs keyrings.alt")
 fail_backend = pytest.importorskip("keyring.backends.fail", reason="needs keyring")

@@ -1,12 +1,13 @@
 """
-Adapters: the I/O the engine drives. Stores (memory, file, OS keyring; codecs for the native and
-Codex file formats) and the OAuth token endpoint (httpx).
+Adapters: the I/O the engine drives. Stores (memory, file, OS keyring, Redis; codecs for the
+native and Codex file formats) and the OAuth token endpoint (httpx).
 """
 
 from __future__ import annotations
 
 from ._endpoint import OAuthTokenEndpoint
 from .storage import (
+    AsyncRedisStore,
     Codec,
     CodecError,
     CodexCodec,
@@ -14,9 +15,11 @@ from .storage import (
     KeyringStore,
     MemoryStore,
     NativeCodec,
+    RedisStore,
 )
 
 __all__ = [
+    "AsyncRedisStore",
     "Codec",
     "CodecError",
     "CodexCodec",
@@ -25,4 +28,5 @@ __all__ = [
     "MemoryStore",
     "NativeCodec",
     "OAuthTokenEndpoint",
+    "RedisStore",
 ]

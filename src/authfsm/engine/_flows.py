@@ -58,6 +58,8 @@ _HOLDING: Final = frozenset({State.FRESH, State.RELOADED, State.STALE})
 # Each pass of the serve loop returns, raises, or fires a trigger that moves towards a served
 # state; four passes cover the longest path (adopt -> expire -> refresh -> serve).
 _MAX_PASSES: Final = 4
+# Failure reasons that describe the store, not the credential: cleared once it answers again.
+_STORE_FAILURES: Final = frozenset({"storage_unavailable", "storage_timeout", "permission_denied"})
 # How long one wait for a busy lease lasts before the store is looked at again.
 _LEASE_SLICE: Final = 0.02
 
@@ -143,7 +145,15 @@ class EngineCore:
                 )
             try:
                 yield from self._guarded_refresh(now)
-            except (RefreshFailed, StorageUnavailable):
+            except StorageUnavailable as error:
+                # The store is unreachable: back off before trying it again, keep serving.
+                self.failures += 1
+                self.retry_at = self.clock() + backoff_delay(self.failures, None, self.policy)
+                self.failure = error.reason
+                if force or self.state not in _HOLDING:
+                    raise
+                return cred.access_token
+            except RefreshFailed:
                 if force or self.state not in _HOLDING:
                     raise
                 return cred.access_token
@@ -194,8 +204,18 @@ class EngineCore:
                 yield from self.serve(force=False)
             else:
                 self._sync((yield READ), reason="status")
-        except (ReauthRequired, RefreshFailed, StorageUnavailable) as error:
+        except StorageUnavailable as error:
+            self.failure = error.reason
+        except (ReauthRequired, RefreshFailed) as error:
             self.failure = self.failure or error.reason
+        else:
+            # A plain status reads the store, so it answered; a refreshing status may have
+            # skipped the store while backing off from the outage.
+            waiting = refresh and self.state is State.STALE and self.clock() < self.retry_at
+            if self.failure in _STORE_FAILURES and not waiting:
+                self.failure = None
+                self.failures = 0
+                self.retry_at = -math.inf
         return self.snapshot(include_token)
 
     def login(self, credentials: Credentials) -> Flow[None]:
@@ -362,10 +382,11 @@ class EngineCore:
             yield WriteStore(Record(credential=new), record.revision)
         except WriteConflict:
             # Fenced: our lease lapsed and a sibling wrote meanwhile. Never overwrite it.
+            # Leave REFRESHING first: from there the table's fallback row would poison us.
             self.log.emit("warning", "authfsm.store.fenced", fingerprint=new.fingerprint)
-            if not self._sync((yield READ), reason="fenced"):
-                self.lifecycle.fire("retry_later", Facts(now=now, reason="fenced"))
-                self._publish()
+            self.lifecycle.fire("retry_later", Facts(now=now, reason="fenced"))
+            self._publish()
+            self._sync((yield READ), reason="fenced")
             return
         except AuthError as error:
             # The server has rotated: the new tokens exist only here now. Keep serving them.

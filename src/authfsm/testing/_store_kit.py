@@ -14,6 +14,7 @@ This module owns the contract as executable checks; it must not need pytest (it 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import threading
@@ -132,6 +133,15 @@ def _close(store: object) -> None:
         close()
 
 
+def _require_hypothesis() -> None:
+    try:
+        import hypothesis  # noqa: F401 - only checking that it is there
+    except ImportError:
+        raise ImportError(
+            "the store contract kit needs Hypothesis: pip install hypothesis"
+        ) from None
+
+
 def _strategies() -> Any:
     """The Hypothesis strategies for records (built on first use: Hypothesis is optional)."""
     from hypothesis import strategies as st
@@ -189,6 +199,7 @@ def store_machine(
 
     Run it with ``hypothesis.stateful.run_state_machine_as_test`` or through :func:`check_store`.
     """
+    _require_hypothesis()
     from hypothesis import note
     from hypothesis import strategies as st
     from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
@@ -247,6 +258,21 @@ def store_machine(
                 self._refused(
                     lambda: self.store.write(record, old.revision),
                     f"write(..., {old.revision}) after revision {self.model.revision}",
+                )
+
+        @rule(old=written)
+        def replay_a_write(self, old: Record) -> None:
+            """Send an earlier write again (a writer that never saw its reply): refused unless
+            the store is back at the revision that write expected, even when the record it would
+            store is byte for byte the one stored now."""
+            expected = old.revision - 1 if old.revision > 1 else None
+            again = attrs.evolve(old, revision=0)
+            if expected == self.model.revision:
+                self.write_expected(again)
+            else:
+                self._refused(
+                    lambda: self.store.write(again, expected),
+                    f"replayed write(..., {expected!r}) at revision {self.model.revision}",
                 )
 
         @rule()
@@ -334,6 +360,7 @@ def check_store(
     :func:`store_machine` for ``contender`` and ``teardown``; ``settings`` are Hypothesis
     settings (default: the loaded profile, 30 steps, no deadline).
     """
+    _require_hypothesis()
     from hypothesis.stateful import run_state_machine_as_test
 
     machine = store_machine(factory, contender=contender, teardown=teardown)
@@ -446,7 +473,7 @@ def check_async_store(
     )
 
 
-class StoreContract:
+class StoreContract(abc.ABC):
     """
     The store contract as a test class: subclass it, name it ``Test...``, define ``make_store``.
 
@@ -461,9 +488,9 @@ class StoreContract:
     #: Hypothesis settings for the check (None: the loaded profile, 30 steps, no deadline).
     contract_settings: Settings | None = None
 
+    @abc.abstractmethod
     def make_store(self) -> Store:
-        """A new, empty store (override)."""
-        raise NotImplementedError("define make_store() in your StoreContract subclass")
+        """A new, empty store (each call)."""
 
     def make_contender(self, store: Store) -> Store | None:
         """

@@ -1,4 +1,4 @@
-"""Stores: where a shared credential lives (memory, file, OS keyring; codecs for file formats)."""
+"""Stores: where a shared credential lives (memory, file, OS keyring, Redis) and file codecs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from ._codex import CodexCodec
 from ._file import FileStore
 from ._keyring import KeyringStore, SecretBackend
 from ._memory import MemoryStore
+from ._redis import AsyncRedisStore, RedisStore
 
 __all__ = [
+    "AsyncRedisStore",
     "Codec",
     "CodecError",
     "CodexCodec",
@@ -16,5 +18,6 @@ __all__ = [
     "KeyringStore",
     "MemoryStore",
     "NativeCodec",
+    "RedisStore",
     "SecretBackend",
 ]
