@@ -621,3 +621,17 @@ class TestLease:
                 holder.stderr.close()
 
         assert acquired_after < 2.0
+
+
+def test_orphaned_temp_files_of_a_dead_writer_are_swept(file_store):
+    """A temp file left by a writer killed before its rename is removed by the next write."""
+    first = file_store.write(Record(credential=CREDS), None)
+    orphan = file_store.path.parent / f".{file_store.path.name}.abc123.tmp"
+    orphan.write_bytes(b'{"half": ')
+    unrelated = file_store.path.parent / ".other.json.abc123.tmp"
+    unrelated.write_bytes(b"keep me")
+
+    file_store.write(Record(credential=CREDS), first.revision)
+
+    assert not orphan.exists()
+    assert unrelated.exists()

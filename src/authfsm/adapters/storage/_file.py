@@ -12,6 +12,7 @@ change, so a write caught half-way is not mistaken for corruption.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 import time
@@ -132,6 +133,7 @@ class FileStore:
             stored = attrs.evolve(record, revision=(found or 0) + 1)
             data = self._codec.encode(stored, previous=previous)
             try:
+                self._sweep_orphans()
                 self._replace(data)
             except OSError as error:
                 raise StorageUnavailable(
@@ -171,6 +173,13 @@ class FileStore:
         parent = self._path.parent
         parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         return parent
+
+    def _sweep_orphans(self) -> None:
+        # Temporary files of a writer that died mid-write (never renamed into place). We hold the
+        # lease, so no live writer of this store is between mkstemp and rename right now.
+        for orphan in self._path.parent.glob(f".{glob.escape(self._path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                orphan.unlink()
 
     def _replace(self, data: bytes) -> None:
         parent = self._parent()
