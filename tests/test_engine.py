@@ -770,3 +770,25 @@ class TestStoreOutage:
 
         assert (State.FRESH, None) == (status.state, status.failure)
         assert 1 == server.token_calls
+
+
+def test_credential_without_refresh_token_is_served_without_polling(clock):
+    """Due with no refresh token: the token is served, and the store is not read on every call."""
+    store = CountingStore(MemoryStore())
+    engine = AuthEngine(store, _InterruptedEndpoint(), clock=clock)
+    now = datetime.fromtimestamp(clock(), UTC)
+    engine.login(
+        Credentials(access_token="only", expires_at=now + timedelta(hours=1), last_refresh=now)
+    )
+    clock.advance(3600 - 60)
+    store.reads = 0
+
+    tokens = [engine.access_token() for _ in range(10)]
+    reads = store.reads  # the first call looks (before and under the lease), the others do not
+    with pytest.raises(RefreshFailed) as caught:
+        engine.refresh()
+
+    assert ["only"] * 10 == tokens
+    assert 2 == reads
+    assert "not_refreshable" == caught.value.reason
+    assert "not_refreshable" == engine.status().failure

@@ -350,9 +350,16 @@ class EngineCore:
         if not facts.compatible:
             self._refused()
         if not facts.refreshable:
+            # Nothing to spend: serve it as it is, and only look at the store again now and
+            # then (a sibling may log in) instead of on every call.
+            self.failure = "not_refreshable"
+            self.retry_at = facts.now + self.policy.backoff_max.total_seconds()
+            self._publish()
             raise RefreshFailed(
-                "This credential has no refresh token; it is used until it expires.",
+                "This credential has no refresh token; it is used until it expires, then "
+                "log in again.",
                 reason="not_refreshable",
+                retry_at=self.retry_at,
             )
         raise RefreshFailed(
             "Refreshing is backing off after a failure; try again later.",
