@@ -33,6 +33,8 @@ from authfsm.engine import (
 )
 from authfsm.testing import TokenServer
 
+from .helpers import sample_credentials
+
 ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT = 60.0
 OPENAI_AUTH = "https://api.openai.com/auth"
@@ -51,14 +53,7 @@ ID_TOKEN = jwt({"sub": "user-1", OPENAI_AUTH: {"chatgpt_account_id": "acct-1"}})
 ACCESS = "at-SECRET-5d0c2b9e71"
 REFRESH = "rt-SECRET-c3e8a41f06"
 SECRETS = (ACCESS, REFRESH, ID_TOKEN)
-CREDS = Credentials(
-    access_token=ACCESS,
-    refresh_token=REFRESH,
-    id_token=ID_TOKEN,
-    account_id="acct-1",
-    expires_at=datetime(2030, 1, 1, tzinfo=UTC),
-    last_refresh=datetime(2029, 12, 31, 23, tzinfo=UTC),
-)
+CREDS = sample_credentials(ACCESS, REFRESH, id_token=ID_TOKEN)
 
 
 def codex_document(**changes: Any) -> dict[str, Any]:

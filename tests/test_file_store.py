@@ -14,7 +14,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -31,17 +30,12 @@ from authfsm.engine import (
     WriteConflict,
 )
 
+from .helpers import SUBPROCESS_TIMEOUT, child, sample_credentials, wait_for_file
+
 ACCESS = "at-SECRET-4f9c2e7d1b"
 REFRESH = "rt-SECRET-a81d03c6e5"
 SECRETS = (ACCESS, REFRESH)
-CREDS = Credentials(
-    access_token=ACCESS,
-    refresh_token=REFRESH,
-    expires_at=datetime(2030, 1, 1, tzinfo=UTC),
-    account_id="acct-1",
-    last_refresh=datetime(2029, 12, 31, 23, tzinfo=UTC),
-)
-SUBPROCESS_TIMEOUT = 30.0
+CREDS = sample_credentials(ACCESS, REFRESH)
 
 
 def creds(n: int) -> Credentials:
@@ -525,6 +519,7 @@ import sys, time
 from pathlib import Path
 from authfsm.adapters import FileStore
 
+
 with FileStore(sys.argv[1]).lease(timeout=10):
     Path(sys.argv[2]).touch()
     time.sleep(60)
@@ -595,16 +590,8 @@ class TestLease:
         script = tmp_path / "holder.py"
         script.write_text(_LEASE_HOLDER)
         held = tmp_path / "held"
-        holder = subprocess.Popen(
-            [sys.executable, str(script), str(file_store.path), str(held)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + SUBPROCESS_TIMEOUT
-            while not held.exists() and holder.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert held.exists(), holder.stderr.read() if holder.poll() is not None else ""
+        with child([sys.executable, str(script), str(file_store.path), str(held)]) as holder:
+            wait_for_file(held, holder)
             with pytest.raises(LeaseTimeout), file_store.lease(timeout=0.2):
                 pass
 
@@ -613,12 +600,6 @@ class TestLease:
             started = time.monotonic()
             with file_store.lease(timeout=2.0):
                 acquired_after = time.monotonic() - started
-        finally:
-            if holder.poll() is None:
-                holder.kill()
-                holder.wait(timeout=5)
-            if holder.stderr is not None:
-                holder.stderr.close()
 
         assert acquired_after < 2.0
 

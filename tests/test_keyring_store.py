@@ -11,9 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+# Both come with the test extra; a missing one is an install failure, not a reason to skip.
+import keyring.backends.fail as fail_backend
+import keyrings.alt.file as keyring_file
 import pytest
 
 from authfsm import AsyncAuthEngine, AuthEngine, Credentials, State
@@ -30,22 +32,14 @@ from authfsm.engine import (
 )
 from authfsm.testing import TokenServer, check_store
 
-keyring_file = pytest.importorskip("keyrings.alt.file", reason="needs keyrings.alt")
-fail_backend = pytest.importorskip("keyring.backends.fail", reason="needs keyring")
+from .helpers import SUBPROCESS_TIMEOUT, sample_credentials
 
 SERVICE = "authfsm-test"
 USER = "alice@example"
 ACCESS = "at-SECRET-71b0d2e94c"
 REFRESH = "rt-SECRET-0f6e3a58d2"
 SECRETS = (ACCESS, REFRESH)
-CREDS = Credentials(
-    access_token=ACCESS,
-    refresh_token=REFRESH,
-    expires_at=datetime(2030, 1, 1, tzinfo=UTC),
-    account_id="acct-1",
-    last_refresh=datetime(2029, 12, 31, 23, tzinfo=UTC),
-)
-SUBPROCESS_TIMEOUT = 30.0
+CREDS = sample_credentials(ACCESS, REFRESH)
 _serial = itertools.count()
 
 
@@ -440,7 +434,8 @@ from keyrings.alt.file import PlaintextKeyring
 
 from authfsm import AuthEngine, Policy
 from authfsm.adapters import OAuthTokenEndpoint
-from authfsm.adapters.storage._keyring import KeyringStore
+from authfsm.adapters import KeyringStore
+
 
 keyring_path, lock_path, token_url, ready, go = sys.argv[1:6]
 backend = PlaintextKeyring()

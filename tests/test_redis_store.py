@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
@@ -31,20 +30,14 @@ from authfsm.engine import (
     WriteConflict,
 )
 
+from .helpers import SUBPROCESS_TIMEOUT, child, sample_credentials, wait_for_file
 from .redis_server import RedisServer, _redis_key, _redis_server, free_port, running_redis  # noqa: F401 - fixtures
 
 ACCESS = "at-SECRET-7c1e94d2aa"
 REFRESH = "rt-SECRET-0b5f3e8c71"
 PASSWORD = "pw-SECRET-d41d8cd98f"
 SECRETS = (ACCESS, REFRESH, PASSWORD)
-CREDS = Credentials(
-    access_token=ACCESS,
-    refresh_token=REFRESH,
-    expires_at=datetime(2030, 1, 1, tzinfo=UTC),
-    account_id="acct-1",
-    last_refresh=datetime(2029, 12, 31, 23, tzinfo=UTC),
-)
-SUBPROCESS_TIMEOUT = 30.0
+CREDS = sample_credentials(ACCESS, REFRESH)
 
 
 def creds(n: int) -> Credentials:
@@ -379,16 +372,8 @@ class TestLease:
         script.write_text(_HOLDER)
         marker = tmp_path / "held"
         url = store.location.split(" key ")[0]
-        holder = subprocess.Popen(
-            [sys.executable, str(script), url, store.key, str(marker)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + SUBPROCESS_TIMEOUT
-            while not marker.exists() and holder.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert marker.exists(), holder.stderr.read() if holder.poll() is not None else ""
+        with child([sys.executable, str(script), url, store.key, str(marker)]) as holder:
+            wait_for_file(marker, holder)
             time.sleep(0.7)  # past the TTL: only renewals keep it
             with pytest.raises(LeaseTimeout), store.lease(timeout=0):
                 pass
@@ -397,12 +382,6 @@ class TestLease:
             started = time.monotonic()
             with store.lease(timeout=5.0):
                 acquired_after = time.monotonic() - started
-        finally:
-            if holder.poll() is None:
-                holder.kill()
-                holder.wait(timeout=5)
-            if holder.stderr is not None:
-                holder.stderr.close()
         assert acquired_after < 0.5 + 0.3
 
     def test_async_lease_excludes_sync_and_tasks(self, store):
