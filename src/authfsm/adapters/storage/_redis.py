@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 __all__ = ["AsyncRedisStore", "RedisStore"]
+
+_C = TypeVar("_C")  # a sync or asyncio redis-py client
 
 #: Compare-and-swap of the record. ARGV[1]: SHA-1 of the value the caller judged ("" = absent),
 #: ARGV[2]: the new value ("" = delete). Returns {1} when swapped, else {0, current value}.
@@ -382,7 +384,76 @@ _RENEWER: Final = _LeaseRenewer()
 os.register_at_fork(after_in_child=_RENEWER.after_fork_in_child)
 
 
-class RedisStore:
+def _connect(
+    name: str,
+    url: str | None,
+    client: _C | None,
+    options: dict[str, Any],
+    connect: Callable[[str], _C],
+) -> tuple[_C, str, bool]:
+    """The client to use, a password-free description of its server, and whether we own it."""
+    if (url is None) == (client is None):
+        raise TypeError(f"{name} takes a url or a client, not both and not neither")
+    if client is None:
+        assert url is not None
+        return connect(url), _describe_url(url), True
+    if options:
+        raise TypeError("connection options go with a url, not with a client")
+    return client, _describe_client(client), False
+
+
+class _RedisShared:
+    """What the sync and async stores share: the key layout, the Lua scripts, the error types."""
+
+    _client: Any
+    _layout: _Layout
+
+    def _set_up(
+        self,
+        server: str,
+        *,
+        key: str,
+        key_prefix: str,
+        lease_ttl: float,
+        poll_interval: float,
+        codec: Codec | None,
+    ) -> None:
+        redis_py = _import_redis()
+        self._errors: type[Exception] = redis_py.exceptions.RedisError
+        self._disconnects: type[Exception] = redis_py.exceptions.ConnectionError
+        self._layout = _Layout(
+            key=key,
+            key_prefix=key_prefix,
+            lease_ttl=lease_ttl,
+            poll_interval=poll_interval,
+            codec=codec,
+            server=server,
+        )
+        self._cas = self._client.register_script(_CAS)
+        self._acquire_script = self._client.register_script(_ACQUIRE)
+        self._renew_script = self._client.register_script(_RENEW)
+        self._release_script = self._client.register_script(_RELEASE)
+
+    @property
+    def location(self) -> str:
+        """The server and key, e.g. ``redis://127.0.0.1:6379/0 key 'authfsm:credential'``."""
+        return self._layout.location
+
+    @property
+    def key(self) -> str:
+        """The Redis key that holds the record."""
+        return self._layout.record_key
+
+    @property
+    def lease_key(self) -> str:
+        """The Redis key that holds the lease's token while someone holds it."""
+        return self._layout.lease_key
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.location}>"
+
+
+class RedisStore(_RedisShared):
     """
     The credential record in one Redis key, shared across hosts.
 
@@ -425,52 +496,27 @@ class RedisStore:
         **options: Any,
     ) -> None:
         redis_py = _import_redis()
-        if (url is None) == (client is None):
-            raise TypeError("RedisStore takes a url or a client, not both and not neither")
-        if client is None:
-            assert url is not None
+
+        def connect(url: str) -> redis.Redis:
             retry = redis_py.retry.Retry(redis_py.backoff.NoBackoff(), 0)
-            made = _client_options(timeout, options, retry)
-            client = redis_py.Redis.from_url(url, **made)
-            server = _describe_url(url)
-            self._owns_client = True
-        else:
-            if options:
-                raise TypeError("connection options go with a url, not with a client")
-            server = _describe_client(client)
-            self._owns_client = False
-        assert client is not None
-        self._client: redis.Redis = client
-        self._errors: type[Exception] = redis_py.exceptions.RedisError
-        self._disconnects: type[Exception] = redis_py.exceptions.ConnectionError
-        self._layout = _Layout(
+            made: redis.Redis = redis_py.Redis.from_url(
+                url, **_client_options(timeout, options, retry)
+            )
+            return made
+
+        self._client: redis.Redis
+        self._client, server, self._owns_client = _connect(
+            "RedisStore", url, client, options, connect
+        )
+        self._set_up(
+            server,
             key=key,
             key_prefix=key_prefix,
             lease_ttl=lease_ttl,
             poll_interval=poll_interval,
             codec=codec,
-            server=server,
         )
-        self._cas = client.register_script(_CAS)
-        self._acquire_script = client.register_script(_ACQUIRE)
-        self._renew_script = client.register_script(_RENEW)
-        self._release_script = client.register_script(_RELEASE)
         _RENEWER.watch(self)
-
-    @property
-    def location(self) -> str:
-        """The server and key, e.g. ``redis://127.0.0.1:6379/0 key 'authfsm:credential'``."""
-        return self._layout.location
-
-    @property
-    def key(self) -> str:
-        """The Redis key that holds the record."""
-        return self._layout.record_key
-
-    @property
-    def lease_key(self) -> str:
-        """The Redis key that holds the lease's token while someone holds it."""
-        return self._layout.lease_key
 
     @property
     def client(self) -> redis.Redis:
@@ -516,9 +562,6 @@ class RedisStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<RedisStore {self.location}>"
 
     # -- I/O ---------------------------------------------------------------------------------
 
@@ -599,7 +642,7 @@ class RedisStore:
         )
 
 
-class AsyncRedisStore:
+class AsyncRedisStore(_RedisShared):
     """
     :class:`RedisStore` for asyncio (``redis.asyncio``), for ``AsyncAuthEngine``.
 
@@ -623,50 +666,28 @@ class AsyncRedisStore:
     ) -> None:
         redis_asyncio = _import_redis(for_asyncio=True)
         redis_py = _import_redis()
-        if (url is None) == (client is None):
-            raise TypeError("AsyncRedisStore takes a url or a client, not both and not neither")
-        if client is None:
-            assert url is not None
+
+        def connect(url: str) -> redis.asyncio.Redis:
             retry = redis_asyncio.retry.Retry(redis_py.backoff.NoBackoff(), 0)
-            made = _client_options(timeout, options, retry)
-            client = redis_asyncio.Redis.from_url(url, **made)
-            server = _describe_url(url)
-            self._owns_client = True
-        else:
-            if options:
-                raise TypeError("connection options go with a url, not with a client")
-            server = _describe_client(client)
-            self._owns_client = False
-        assert client is not None
-        self._client: redis.asyncio.Redis = client
-        self._errors: type[Exception] = redis_py.exceptions.RedisError
-        self._disconnects: type[Exception] = redis_py.exceptions.ConnectionError
-        self._layout = _Layout(
+            made: redis.asyncio.Redis = redis_asyncio.Redis.from_url(
+                url, **_client_options(timeout, options, retry)
+            )
+            return made
+
+        self._client: redis.asyncio.Redis
+        self._client, server, self._owns_client = _connect(
+            "AsyncRedisStore", url, client, options, connect
+        )
+        self._set_up(
+            server,
             key=key,
             key_prefix=key_prefix,
             lease_ttl=lease_ttl,
             poll_interval=poll_interval,
             codec=codec,
-            server=server,
         )
-        self._cas = client.register_script(_CAS)
-        self._acquire_script = client.register_script(_ACQUIRE)
-        self._renew_script = client.register_script(_RENEW)
-        self._release_script = client.register_script(_RELEASE)
         # Fire-and-forget tasks (a cancelled waiter's release) are kept alive until done.
         self._background: set[asyncio.Task[None]] = set()
-
-    @property
-    def location(self) -> str:
-        return self._layout.location
-
-    @property
-    def key(self) -> str:
-        return self._layout.record_key
-
-    @property
-    def lease_key(self) -> str:
-        return self._layout.lease_key
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -718,9 +739,6 @@ class AsyncRedisStore:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"<AsyncRedisStore {self.location}>"
 
     # -- I/O ---------------------------------------------------------------------------------
 
