@@ -130,15 +130,15 @@ class TestTasks:
         assert 1 == len(set(tokens))
         assert 1 == server.token_calls
 
-    def test_cancelled_refresh_frees_the_lease_and_leaves_refreshing(
+    def test_cancelled_callers_return_at_once_and_the_call_still_finishes(
         self, file_store, endpoint, clock, server
     ):
-        """Tasks cancelled mid-call and while waiting leave no lease held, no REFRESHING."""
+        """Callers cancelled mid-call get their cancellation; the call's answer is still kept."""
 
         async def scenario():
             engine = await opened(file_store, endpoint, clock, server)
             clock.advance(3600)
-            server.script(ScriptedResponse(status=503, delay=2.0))
+            server.script(ScriptedResponse(status=503, delay=1.0))
             leader = asyncio.create_task(engine.refresh())
             await asyncio.sleep(0.2)
             waiter = asyncio.create_task(engine.refresh())
@@ -147,19 +147,28 @@ class TestTasks:
             waiter.cancel()
             leader.cancel()
             results = await asyncio.gather(leader, waiter, return_exceptions=True)
-            return engine, results
+            cancelled_during_call = engine.state
+            for _ in range(100):  # bounded: the 503 arrives within a second
+                if engine.state is not State.REFRESHING:
+                    break
+                await asyncio.sleep(0.05)
+            return engine, results, cancelled_during_call
 
-        engine, results = run(scenario())
+        engine, results, during = run(scenario())
 
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert State.REFRESHING == during  # the callers did not wait for the answer
         assert State.STALE == engine.state
+        assert "http_503" == run(engine.status()).failure
         with FileStore(file_store.path).lease(timeout=0):
             pass  # the lease is free
         assert file_store.read().credential == engine.credentials
+        assert 1 == file_store.read().backoff.failures  # the answer was written
 
         async def afterwards():
             return await engine.access_token()
 
+        clock.advance(600)
         assert engine.credentials.access_token != run(afterwards())
         assert 0 == server.reuse_rejections
 

@@ -166,6 +166,10 @@ class TestLoginStatusLogout:
             ('{"access_token": 5}', "access_token must be a string"),
             ('{"access_token": "a", "expires_in": "soon"}', "expires_in"),
             ('{"access_token": "a", "expires_at": "2030-01-01T00:00:00"}', "time zone"),
+            ('{"access_token": "a", "expires_in": 1e300}', "expires_in is out of range"),
+            ('{"access_token": "a", "expires_at": 1e300}', "expires_at is out of range"),
+            ('{"access_token": "a\\r\\nX-Evil: 1"}', "control character"),
+            ('{"access_token": "a", "kind": "oauth", "refresh_token": " "}', "refresh_token"),
         ],
     )
     def test_login_refuses_bad_files(self, store, tmp_path, content, complaint):

@@ -67,16 +67,29 @@ def stale_credential(server: TokenServer, path: Path) -> Credentials:
 
 
 def run_workers(
-    tmp_path: Path, path: Path, token_url: str, mode: str, not_before: float
+    tmp_path: Path, path: Path | list[Path], token_url: str, mode: str, not_before: float
 ) -> list[dict[str, object]]:
-    """Start the workers, release them together once all are ready and ``not_before`` passed."""
+    """
+    Start the workers, release them together once all are ready and ``not_before`` passed.
+
+    With a list of paths, worker ``n`` opens the credential file by ``path[n % len(path)]``.
+    """
+    paths = path if isinstance(path, list) else [path]
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     go = tmp_path / "go"
     ready = [tmp_path / f"ready-{n}" for n in range(WORKERS)]
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(path), token_url, str(ready[n]), str(go), mode],
+            [
+                sys.executable,
+                str(script),
+                str(paths[n % len(paths)]),
+                token_url,
+                str(ready[n]),
+                str(go),
+                mode,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -129,6 +142,34 @@ class TestFleetRefresh:
         assert ["fresh"] + ["reloaded"] * (WORKERS - 1) == sorted(o["state"] for o in outputs)
         assert 2 == record.revision
         assert None is record.poison
+
+
+class TestFleetThroughASymlink:
+    """Processes opening one file through a symlink and through its target share one lease."""
+
+    def test_one_call_and_the_link_is_kept(self, tmp_path, real_server):
+        """4 workers by the link, 4 by the target: one call, one token, the link still a link."""
+        (tmp_path / "real").mkdir()
+        target = tmp_path / "real" / "auth.json"
+        link = tmp_path / "auth.json"
+        link.symlink_to(target)
+        creds = stale_credential(real_server, target)
+        issued_at = time.time()
+
+        outputs = run_workers(
+            tmp_path, [link, target], real_server.token_url, "token", issued_at + 1.1
+        )
+
+        record = FileStore(target).read()
+        assert record is not None
+        assert record.credential is not None
+        assert (1, 0) == (real_server.token_calls, real_server.reuse_rejections)
+        assert {record.credential.access_token} == {out["token"] for out in outputs}
+        assert creds.access_token != record.credential.access_token
+        assert real_server.is_current(record.credential)
+        assert ["fresh"] + ["reloaded"] * (WORKERS - 1) == sorted(o["state"] for o in outputs)
+        assert link.is_symlink()
+        assert target == link.resolve()
 
 
 class TestFleetPoison:

@@ -9,6 +9,8 @@ import json
 import socket
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -20,6 +22,8 @@ from urllib.parse import parse_qs
 import attrs
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from authfsm.adapters._endpoint import (
     CappedBody,
@@ -28,8 +32,15 @@ from authfsm.adapters._endpoint import (
     classify_refresh,
     parse_retry_after,
 )
+from authfsm.adapters._redact import redact_url
 from authfsm.engine._credentials import Credentials
-from authfsm.engine._ports import PermanentFailure, Refreshed, TokenEndpoint, TransientFailure
+from authfsm.engine._ports import (
+    MAX_EXPIRES_IN,
+    PermanentFailure,
+    Refreshed,
+    TokenEndpoint,
+    TransientFailure,
+)
 from authfsm.testing import TokenServer
 
 TOKEN_URL = "https://idp.example/oauth/token"
@@ -219,6 +230,10 @@ class TestClassifySuccess:
             ({"access_token": "a", "expires_in": 1.5}, Refreshed(access_token="a", expires_in=1.5)),
             ({"access_token": "a", "refresh_token": None}, Refreshed(access_token="a")),
             ({"access_token": "a", "token_type": "Bearer", "x": [1]}, Refreshed(access_token="a")),
+            (
+                {"access_token": "a", "expires_in": MAX_EXPIRES_IN},
+                Refreshed(access_token="a", expires_in=MAX_EXPIRES_IN),
+            ),
         ],
     )
     def test_adopted(self, creds, body, expected):
@@ -238,6 +253,14 @@ class TestClassifySuccess:
             ({"access_token": ""}, "access_token"),
             ({"access_token": 123}, "access_token"),
             ({"access_token": ["a"]}, "access_token"),
+            ({"access_token": "   "}, "access_token"),
+            ({"access_token": "\t\n"}, "access_token"),
+            ({"access_token": "at-CRLF\r\nX-Injected: 1"}, "access_token"),
+            ({"access_token": "at-NUL\x00tail"}, "access_token"),
+            ({"access_token": "at-LF\n"}, "access_token"),
+            ({"access_token": "a", "refresh_token": "rt-CR\rtail"}, "refresh_token"),
+            ({"access_token": "a", "refresh_token": " "}, "refresh_token"),
+            ({"access_token": "a", "id_token": "id-NUL\x00"}, "id_token"),
             ({"access_token": "a", "refresh_token": ""}, "refresh_token"),
             ({"access_token": "a", "refresh_token": 5}, "refresh_token"),
             ({"access_token": "a", "id_token": {"jwt": 1}}, "id_token"),
@@ -246,8 +269,6 @@ class TestClassifySuccess:
             ({"access_token": "a", "expires_in": -5}, "expires_in"),
             ({"access_token": "a", "expires_in": "soon"}, "expires_in"),
             ({"access_token": "a", "expires_in": "nan"}, "expires_in"),
-            ({"access_token": "a", "expires_in": "1e999"}, "expires_in"),
-            ({"access_token": "a", "expires_in": 10**400}, "expires_in"),
             ({"access_token": "a", "expires_in": [60]}, "expires_in"),
             (b'{"access_token": "a", "expires_in": NaN}', "expires_in"),
             (b'{"access_token": "a", "expires_in": Infinity}', "expires_in"),
@@ -257,6 +278,47 @@ class TestClassifySuccess:
         """Malformed 2xx bodies are transient invalid_response failures, never adopted."""
         expected = TransientFailure(reason=f"invalid_response:{what}", status=200)
         assert expected == refresh_with(creds, 200, body)
+
+    @pytest.mark.parametrize(
+        "expires_in",
+        [
+            2**63 - 1,
+            10**12,
+            1e12,
+            1e300,
+            pytest.param(10**400, id="10**400"),
+            "1e999",
+            pytest.param("9" * 400, id="400 nines"),
+            MAX_EXPIRES_IN + 1,
+        ],
+    )
+    def test_absurd_lifetime_is_unknown(self, creds, expires_in):
+        """A lifetime beyond ten years is adopted as "no expiry known": the rotation is kept."""
+        body = {"access_token": "a", "refresh_token": "r", "expires_in": expires_in}
+        outcome = refresh_with(creds, 200, body)
+        assert Refreshed(access_token="a", refresh_token="r", expires_in=None) == outcome
+
+    @given(
+        expires_in=st.one_of(
+            st.integers(min_value=1),
+            st.floats(min_value=0, exclude_min=True, allow_infinity=False),
+        )
+    )
+    def test_adopted_lifetime_fits_a_datetime(self, expires_in):
+        """Any positive JSON number is adopted with a lifetime that can be added to a datetime."""
+        creds = Credentials(access_token=ACCESS, refresh_token=REFRESH)
+        outcome = refresh_with(creds, 200, {"access_token": "a", "expires_in": expires_in})
+
+        assert isinstance(outcome, Refreshed)
+        if outcome.expires_in is not None:
+            datetime.now(UTC) + timedelta(seconds=outcome.expires_in)
+
+    def test_bad_token_never_in_reason(self, creds):
+        """A reply token with CR/LF is refused without the token reaching the outcome."""
+        body = {"access_token": "at-LEAK\r\nX-Injected: 1", "refresh_token": "rt-LEAK\x00"}
+        outcome = refresh_with(creds, 200, body)
+        assert TransientFailure(reason="invalid_response:access_token", status=200) == outcome
+        assert "LEAK" not in repr(outcome)
 
     def test_any_2xx_counts(self, creds):
         """A 201 with a good body is a success too."""
@@ -493,6 +555,36 @@ class TestSecrets:
         assert "my-cli" in text
         assert "SECRET" not in text
 
+    def test_repr_hides_url_credentials(self):
+        """repr shows neither a password in a URL's userinfo nor its query values."""
+        with OAuthTokenEndpoint(
+            "https://alice:pa55word@idp.example/oauth/token?tenant=t1&key=k3y-SECRET",
+            "my-cli",
+            revoke_url="https://bob:hunter2@idp.example:8443/revoke?sig=SIGNED",
+        ) as endpoint:
+            text = repr(endpoint)
+
+        assert "https://idp.example/oauth/token?tenant=[redacted]&key=[redacted]" in text
+        assert "https://idp.example:8443/revoke?sig=[redacted]" in text
+        for secret in ("alice", "pa55word", "k3y-SECRET", "t1", "bob", "hunter2", "SIGNED"):
+            assert secret not in text
+
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            ("https://idp.example/token", "https://idp.example/token"),
+            (
+                "https://u:p@IDP.example:8443/t?a=1&b&c=#frag",
+                "https://idp.example:8443/t?a=[redacted]&[redacted]&c=[redacted]",
+            ),
+            ("http://[::1]:9/t", "http://[::1]:9/t"),
+            ("http://u@h:99999/", "[redacted]"),
+        ],
+    )
+    def test_redact_url(self, url, expected):
+        """redact_url keeps scheme, host, port, path and query names; bad URLs are hidden whole."""
+        assert expected == redact_url(url)
+
     def test_protocol(self):
         """The adapter satisfies the engine's TokenEndpoint protocol."""
         with OAuthTokenEndpoint(TOKEN_URL, "c") as endpoint:
@@ -710,6 +802,15 @@ def send_huge(*, declare_length: bool):
     return behaviour
 
 
+def gzip_bomb(inflated: int = 100 * 1024 * 1024) -> bytes:
+    """A gzip stream of ``inflated`` zero bytes, built a megabyte at a time."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    parts = [compressor.compress(block) for _ in range(inflated // len(block))]
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
 def stall(handler: _Handler) -> None:
     handler.server.release.wait(1.5)
 
@@ -861,6 +962,38 @@ class TestLoopback:
         with loopback(hostile) as endpoint:
             assert TransientFailure(reason="network:RemoteProtocolError") == endpoint.refresh(creds)
 
+    def test_gzip_reply_inflated(self, hostile, creds):
+        """A gzip body sent despite Accept-Encoding: identity is inflated and adopted."""
+        raw = gzip.compress(json.dumps(OK_BODY).encode())
+        hostile.behaviour = send(200, raw, {"Content-Encoding": "gzip"})
+        with loopback(hostile) as endpoint:
+            outcome = endpoint.refresh(creds)
+        assert (
+            Refreshed(access_token="at-new", refresh_token="rt-new", expires_in=3600.0) == outcome
+        )
+
+    def test_gzip_bomb(self, hostile, creds):
+        """A gzip bomb (100 MB from 100 KB) is refused with no more than a few MB allocated."""
+        hostile.behaviour = send(200, gzip_bomb(), {"Content-Encoding": "gzip"})
+        with loopback(hostile, timeout=5.0) as endpoint:
+            tracemalloc.start()
+            try:
+                outcome = endpoint.refresh(creds)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+
+        assert TransientFailure(reason="response_too_large", status=200) == outcome
+        assert peak < 8 * 1024 * 1024
+
+    def test_control_characters_in_reply(self, hostile, creds):
+        """A token with CR/LF from a real server is not adopted, and not repeated."""
+        hostile.behaviour = send(200, {"access_token": "at-LEAK\r\nSet-Cookie: x=1"})
+        with loopback(hostile) as endpoint:
+            outcome = endpoint.refresh(creds)
+        assert TransientFailure(reason="invalid_response:access_token", status=200) == outcome
+        assert "LEAK" not in repr(outcome)
+
     def test_revoke(self, hostile, creds):
         """Revocation reaches the hostile and a 200 means True."""
         hostile.behaviour = send(200, b"")
@@ -900,6 +1033,29 @@ class TestLoopbackAsync:
         assert TransientFailure(reason="network:RemoteProtocolError") == asyncio.run(run(hang_up))
         assert TransientFailure(reason="network:ReadTimeout") == asyncio.run(run(stall))
         endpoint.close()
+
+    def test_retry_after_seconds(self, hostile, creds):
+        """refresh_async honours a delta-seconds Retry-After like refresh()."""
+        hostile.behaviour = send(429, {"error": "slow_down"}, {"Retry-After": "42"})
+        endpoint = loopback(hostile)
+        outcome = asyncio.run(endpoint.refresh_async(creds))
+        endpoint.close()
+        assert (
+            TransientFailure(reason="http_429:slow_down", status=429, retry_after=42.0) == outcome
+        )
+
+    def test_retry_after_http_date(self, hostile, creds):
+        """refresh_async honours an HTTP-date Retry-After: the seconds until that date."""
+        when = datetime.now(UTC) + timedelta(seconds=100)
+        hostile.behaviour = send(503, b"", {"Retry-After": format_datetime(when, usegmt=True)})
+        endpoint = loopback(hostile)
+        outcome = asyncio.run(endpoint.refresh_async(creds))
+        endpoint.close()
+
+        assert isinstance(outcome, TransientFailure)
+        assert (outcome.reason, outcome.status) == ("http_503", 503)
+        assert outcome.retry_after is not None
+        assert 95 <= outcome.retry_after <= 100
 
     def test_connection_refused(self, closed_port_url, creds):
         """Nobody listening is transient on the async path too."""

@@ -14,6 +14,7 @@ import base64
 import json
 import secrets
 from collections import deque
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -26,8 +27,10 @@ from authfsm.adapters import MemoryStore
 from authfsm.engine import (
     Identity,
     PermanentFailure,
+    Record,
     Refreshed,
     RefreshOutcome,
+    StorageUnavailable,
     TransientFailure,
     identity_of,
     is_compatible,
@@ -100,7 +103,10 @@ class FakeIdP:
         assert rt is not None
         family = self.by_refresh[rt]
         if rt in family.spent:
-            self.double_spends.append(credentials.fingerprint)
+            # A lost rotation: a live family killed by reuse. (Spending a spent token of a
+            # family the server already revoked loses nothing.)
+            if family.alive:
+                self.double_spends.append(credentials.fingerprint)
             family.alive = False
             return PermanentFailure(code="refresh_token_reused", status=400)
         if not family.alive:
@@ -121,6 +127,37 @@ class FakeIdP:
         if credentials.refresh_token in self.by_refresh:
             self.by_refresh[credentials.refresh_token].alive = False
         return True
+
+
+class _BreakableView:
+    """The subject's view of the shared store, whose writes fail while ``broken`` (disk full)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.broken = 0  # how many writes are still to fail
+        self.failed = False  # the last write failed
+
+    @property
+    def location(self) -> str:
+        return self.store.location
+
+    def read(self) -> Record | None:
+        return self.store.read()
+
+    def write(self, record: Record, expected_revision: int | None) -> Record:
+        if self.broken:
+            self.broken -= 1
+            self.failed = True
+            raise StorageUnavailable("No space left on device")
+        stored = self.store.write(record, expected_revision)
+        self.failed = False
+        return stored
+
+    def delete(self, expected_revision: int | None) -> None:
+        self.store.delete(expected_revision)
+
+    def lease(self, timeout: float) -> AbstractContextManager[None]:
+        return self.store.lease(timeout)
 
 
 class _Transitions:
@@ -145,7 +182,8 @@ class TwoEngines(RuleBasedStateMachine):
         self.store = MemoryStore()
         self.log = _Transitions()
         policy = Policy(jitter=lambda: 0.5)
-        self.engine = AuthEngine(self.store, self.idp, policy, clock=self.clock, logger=self.log)
+        self.view = _BreakableView(self.store)
+        self.engine = AuthEngine(self.view, self.idp, policy, clock=self.clock, logger=self.log)
         self.sibling = AuthEngine(self.store, self.idp, policy, clock=self.clock, logger=self.log)
         self.policy = policy
         self.expected: dict[int, Identity | None] = {id(self.engine): None, id(self.sibling): None}
@@ -156,7 +194,21 @@ class TwoEngines(RuleBasedStateMachine):
     # -- actions -------------------------------------------------------------------------
 
     def _engine(self, which: bool) -> AuthEngine:
+        if not which and self._subject_holds_unsaved_tokens():
+            # While the subject holds tokens the store lacks, a sibling could only see the spent
+            # ones (no engine can prevent that); the subject itself must never spend them again.
+            return self.engine
         return self.engine if which else self.sibling
+
+    def _subject_holds_unsaved_tokens(self) -> bool:
+        record = self.store.read()
+        stored = record.credential if record is not None else None
+        held = self.engine.credentials
+        return (
+            self.view.failed
+            and held is not None
+            and (stored is None or stored.fingerprint != held.fingerprint)
+        )
 
     def _call(self, engine: AuthEngine, action: str, *args: object) -> None:
         calls_before = len(self.idp.calls)
@@ -178,8 +230,18 @@ class TwoEngines(RuleBasedStateMachine):
         self._track(engine)
 
     def _track(self, engine: AuthEngine) -> None:
-        if engine.state is State.POISONED and engine.credentials is not None:
-            self.poisoned.add(engine.credentials.fingerprint)
+        # Poison every engine must obey is the store's marker (a failed write of it, or a
+        # client error, poisons only the engine that got it: checked in _call).
+        record = self.store.read()
+        marker = record.poisoned() if record is not None else None
+        creds = engine.credentials
+        if (
+            engine.state is State.POISONED
+            and creds
+            and marker
+            and marker.fingerprint == creds.fingerprint
+        ):
+            self.poisoned.add(marker.fingerprint)
 
     @rule(seconds=st.sampled_from([1, 60, 1800, 3400, 3600, 7200, 9 * 86400]))
     def advance(self, seconds: int) -> None:
@@ -214,14 +276,20 @@ class TwoEngines(RuleBasedStateMachine):
     def login(self, subject: bool, user: tuple[str, str]) -> None:
         engine = self._engine(subject)
         creds = self.idp.issue(*user)
-        engine.login(creds)
+        try:
+            engine.login(creds)
+        except AuthError:
+            return  # the store refused the write: nothing changed
         self.expected[id(engine)] = identity_of(creds, self.policy.identity)
         note(f"login {user} on {'subject' if subject else 'sibling'}")
 
     @rule(subject=st.booleans(), revoke=st.booleans())
     def logout(self, subject: bool, revoke: bool) -> None:
         engine = self._engine(subject)
-        engine.logout(revoke=revoke)
+        try:
+            engine.logout(revoke=revoke)
+        except AuthError:
+            return
         self.expected[id(engine)] = None
 
     @rule(subject=st.booleans())
@@ -236,6 +304,10 @@ class TwoEngines(RuleBasedStateMachine):
             identity_of(creds, self.policy.identity) if creds is not None else None
         )
         self._track(engine)
+
+    @rule(writes=st.integers(min_value=1, max_value=6))
+    def subject_writes_fail(self, writes: int) -> None:
+        self.view.broken = writes
 
     @rule(kind=st.sampled_from(["transient", "rate_limited", "permanent"]))
     def script_failure(self, kind: str) -> None:
@@ -284,6 +356,17 @@ class TwoEngines(RuleBasedStateMachine):
             if status.state in (State.POISONED, State.LOGGED_OUT):
                 assert status.token is None
             assert engine.state is not State.REFRESHING
+
+    @invariant()
+    def unsaved_credentials_are_never_older_than_the_store(self) -> None:
+        core = self.engine._core
+        record = self.store.read()
+        if core.unsaved is None or core.cred is None or record is None:
+            return
+        if record.credential is not None and core.unsaved.base is not None:
+            assert record.revision <= core.unsaved.base or (
+                record.credential.fingerprint == core.cred.fingerprint
+            )
 
     @invariant()
     def revision_never_goes_backwards(self) -> None:

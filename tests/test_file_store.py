@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from authfsm import AuthEngine, Credentials
+from authfsm import AsyncAuthEngine, AuthEngine, Credentials, State
 from authfsm.adapters import FileStore
 from authfsm.engine import (
     Backoff,
@@ -160,6 +161,39 @@ class TestAtomicWrite:
         assert seen
         assert sorted(seen) == seen  # never an older record after a newer one
         assert [] == temp_files(file_store.path.parent)
+
+    def test_temp_file_and_folder_are_fsynced_before_write_returns(self, file_store, monkeypatch):
+        """The whole temp file is fsynced before its rename, the folder after it, both before
+        write() returns: a crash never leaves an empty or missing credential behind."""
+        record = file_store.write(Record(credential=CREDS), None)
+        events: list[tuple[object, ...]] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def spy_fsync(fd: int) -> None:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                events.append(("fsync folder", info.st_ino))
+            else:
+                events.append(("fsync file", info.st_ino, info.st_size))
+            real_fsync(fd)
+
+        def spy_replace(src: str, dst: str) -> None:
+            events.append(("rename", os.stat(src).st_ino, Path(dst)))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "fsync", spy_fsync)
+        monkeypatch.setattr(os, "replace", spy_replace)
+        file_store.write(Record(credential=creds(7)), record.revision)
+        events.append(("returned",))
+        monkeypatch.undo()
+
+        written = file_store.path.stat()
+        assert [
+            ("fsync file", written.st_ino, written.st_size),
+            ("rename", written.st_ino, file_store.path),
+            ("fsync folder", file_store.path.parent.stat().st_ino),
+            ("returned",),
+        ] == events
 
 
 class TestCompareAndSwap:
@@ -418,7 +452,7 @@ def test_expiry_at_the_ends_of_the_calendar(file_store, clock, expires_at):
 _UNREADABLE_SCRIPT = """
 import json, os, sys
 
-from authfsm import AuthEngine, Credentials
+from authfsm import AsyncAuthEngine, AuthEngine, Credentials, State
 from authfsm.adapters import FileStore
 from authfsm.engine import Record
 
@@ -562,6 +596,45 @@ class TestLease:
         assert not thread.is_alive()
         assert ["timeout"] == outcome
 
+    def test_the_same_store_from_the_same_thread_times_out(self, file_store):
+        """The lease is not re-entrant: the holder's own object and thread wait, then time out
+        (two engines of one event loop share both), and get it once it is released."""
+        with file_store.lease(timeout=1.0):
+            with pytest.raises(LeaseTimeout) as caught, file_store.lease(0):
+                pass
+            started = time.monotonic()
+            with pytest.raises(LeaseTimeout), file_store.lease(timeout=0.2):
+                pass
+            waited = time.monotonic() - started
+
+        assert "lease_timeout" == caught.value.reason
+        assert 0.15 <= waited < 2.0
+        with file_store.lease(0):
+            pass
+
+    def test_write_and_delete_wait_lock_timeout(self, file_store):
+        """write() and delete() wait for a busy lock as long as lock_timeout says, then raise."""
+        impatient = FileStore(file_store.path, lock_timeout=0.2)
+        waits: list[float] = []
+        with file_store.lease(timeout=1.0):
+            for attempt in (
+                lambda: impatient.write(Record(credential=CREDS), None),
+                lambda: impatient.delete(None),
+            ):
+                started = time.monotonic()
+                with pytest.raises(LeaseTimeout):
+                    attempt()
+                waits.append(time.monotonic() - started)
+
+        assert all(0.15 <= waited < 2.0 for waited in waits), waits
+        assert 1 == impatient.write(Record(credential=CREDS), None).revision
+
+    @pytest.mark.parametrize("lock_timeout", [-1.0, float("nan"), float("inf")])
+    def test_lock_timeout_must_be_a_finite_wait(self, tmp_path, lock_timeout):
+        """A negative, NaN or endless lock_timeout is refused when the store is made."""
+        with pytest.raises(ValueError, match="lock_timeout"):
+            FileStore(tmp_path / "auth.json", lock_timeout=lock_timeout)
+
     def test_write_inside_the_lease_does_not_deadlock(self, file_store):
         """write() and delete() re-enter the lease held by the same thread."""
         done: list[int] = []
@@ -604,15 +677,106 @@ class TestLease:
         assert acquired_after < 2.0
 
 
-def test_orphaned_temp_files_of_a_dead_writer_are_swept(file_store):
-    """A temp file left by a writer killed before its rename is removed by the next write."""
-    first = file_store.write(Record(credential=CREDS), None)
-    orphan = file_store.path.parent / f".{file_store.path.name}.abc123.tmp"
-    orphan.write_bytes(b'{"half": ')
-    unrelated = file_store.path.parent / ".other.json.abc123.tmp"
-    unrelated.write_bytes(b"keep me")
+class TestOneStoreObjectManyEngines:
+    """Engines sharing one FileStore object (as AsyncAuthEngines of one app do) refresh once."""
 
-    file_store.write(Record(credential=CREDS), first.revision)
+    def test_two_async_engines_spend_the_refresh_token_once(
+        self, file_store, endpoint, clock, server
+    ):
+        """Both due at once on one event loop: one token call, no reuse, the other adopts."""
+        server.latency = 0.2  # the first refresh is still in flight when the second engine looks
 
-    assert not orphan.exists()
-    assert unrelated.exists()
+        async def scenario() -> list[str]:
+            a = await AsyncAuthEngine.open(file_store, endpoint, clock=clock)
+            await a.login(server.issue())
+            b = await AsyncAuthEngine.open(file_store, endpoint, clock=clock)
+            clock.advance(3600)
+            tokens = await asyncio.gather(a.access_token(), b.access_token())
+            assert [State.FRESH, State.RELOADED] == sorted(
+                (a.state, b.state), key=lambda state: state.value
+            )
+            return tokens
+
+        tokens = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+        saved = file_store.read().credential
+        assert (1, 0) == (server.token_calls, server.reuse_rejections)
+        assert {saved.access_token} == set(tokens)
+        assert server.is_current(saved)
+
+
+# A writer killed between creating its temporary file and renaming it into place.
+_DIES_MID_WRITE = """
+import os, signal, sys
+from authfsm.adapters import FileStore
+from authfsm.engine import Credentials, Record
+
+store = FileStore(sys.argv[1])
+current = store.read()
+
+
+def die(src, dst):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+os.replace = die
+store.write(Record(credential=Credentials(access_token="half")), current.revision)
+"""
+
+
+class TestOrphanSweep:
+    """A write removes this store's temporary files orphaned by dead writers, and only those."""
+
+    def test_orphan_of_a_killed_writer_is_swept(self, file_store, tmp_path):
+        """A process SIGKILLed before its rename leaves a temp file; our next write removes it."""
+        first = file_store.write(Record(credential=CREDS), None)
+        script = tmp_path / "dies.py"
+        script.write_text(_DIES_MID_WRITE)
+        died = run_script(script, str(file_store.path))
+        assert -signal.SIGKILL == died.returncode, died.stderr
+        orphans = temp_files(file_store.path.parent)
+        assert 1 == len(orphans)
+        unrelated = file_store.path.parent / ".other.json.abc123.tmp"
+        unrelated.write_bytes(b"keep me")
+
+        file_store.write(Record(credential=CREDS), first.revision)
+
+        assert [unrelated.name] == temp_files(file_store.path.parent)
+
+    def test_neighbour_whose_name_extends_ours_keeps_its_write(self, tmp_path, monkeypatch):
+        """auth.json's sweep must not delete the in-progress temp file of auth.json.work."""
+        ours = FileStore(tmp_path / "auth.json")
+        neighbour = FileStore(tmp_path / "auth.json.work")
+        first = ours.write(Record(credential=CREDS), None)
+        mid_write, resume = threading.Event(), threading.Event()
+        real_replace = os.replace
+
+        def paused_replace(src: str, dst: str) -> None:
+            if Path(dst) == neighbour.path:  # the neighbour's temp file exists, not yet renamed
+                mid_write.set()
+                resume.wait(10)
+            real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", paused_replace)
+        outcome: list[object] = []
+
+        def write_neighbour() -> None:
+            try:
+                outcome.append(neighbour.write(Record(credential=creds(1)), None).credential)
+            except BaseException as error:  # noqa: BLE001 - reported by the main thread
+                outcome.append(error)
+
+        thread = threading.Thread(target=write_neighbour)
+        thread.start()
+        try:
+            assert mid_write.wait(10)
+            ours.write(Record(credential=creds(2)), first.revision)
+        finally:
+            resume.set()
+            thread.join(timeout=10)
+
+        assert not thread.is_alive()
+        assert [creds(1)] == outcome
+        assert creds(1) == neighbour.read().credential
+        assert creds(2) == ours.read().credential
+        assert [] == temp_files(tmp_path)

@@ -311,6 +311,29 @@ class TestLease:
         assert 0o600 == stat.S_IMODE(lock_path.stat().st_mode)
         assert 0o700 == stat.S_IMODE(lock_path.parent.stat().st_mode)
 
+    def test_the_same_store_from_the_same_thread_times_out(self, store):
+        """The lease is not re-entrant: the holder's own object and thread are refused too."""
+        with store.lease(timeout=1.0):
+            with pytest.raises(LeaseTimeout), store.lease(timeout=0):
+                pass
+            started = time.monotonic()
+            with pytest.raises(LeaseTimeout) as caught, store.lease(timeout=0.2):
+                pass
+            waited = time.monotonic() - started
+        with store.lease(timeout=0):
+            pass
+
+        assert "lease_timeout" == caught.value.reason
+        assert 0.15 <= waited < 2.0
+
+    def test_confirming_read_inside_the_lease_does_not_wait(self, store):
+        """read() of an empty secret re-reads under the lock: inside a held lease, at once."""
+        started = time.monotonic()
+        with store.lease(timeout=1.0):
+            assert None is store.read()
+
+        assert time.monotonic() - started < 2.0
+
     def test_write_inside_the_lease(self, store):
         """write() and delete() re-enter the lease held by the same thread."""
         with store.lease(timeout=1.0):
@@ -385,6 +408,23 @@ class TestEngine:
 
         assert {store.read().credential.access_token} == tokens
         assert 1 == server.token_calls
+
+    def test_async_engines_on_one_store_object_refresh_once(self, store, endpoint, clock, server):
+        """Two AsyncAuthEngines of one event loop on the same KeyringStore: one call, no reuse."""
+        server.latency = 0.2  # the first refresh is still in flight when the second engine looks
+
+        async def scenario() -> list[str]:
+            a = await AsyncAuthEngine.open(store, endpoint, clock=clock)
+            await a.login(server.issue())
+            b = await AsyncAuthEngine.open(store, endpoint, clock=clock)
+            clock.advance(3600)
+            return await asyncio.gather(a.access_token(), b.access_token())
+
+        tokens = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+        saved = store.read().credential
+        assert (1, 0) == (server.token_calls, server.reuse_rejections)
+        assert {saved.access_token} == set(tokens)
 
     def test_logout_is_seen_by_siblings(self, store, keyring_path, endpoint, clock, server):
         """A logout leaves a tombstone; the sibling sees LOGGED_OUT at its next check."""

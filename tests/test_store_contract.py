@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 from authfsm.adapters import AsyncRedisStore, FileStore, MemoryStore, RedisStore
-from authfsm.engine import Credentials, Record, Store
+from authfsm.engine import Credentials, LeaseTimeout, Record, Store
 from authfsm.testing import (
     AsyncStoreInThread,
     ContractViolation,
@@ -45,6 +47,10 @@ class TestFileStore:
             return FileStore(tmp_path / f"auth-{next(_serial)}.json")
 
         check_store(factory, contender=lambda store: FileStore(store.path))
+
+    def test_contract_contended_from_a_thread(self, tmp_path: Path):
+        """The same FileStore object used from another thread is excluded too."""
+        check_store(lambda: FileStore(tmp_path / f"auth-{next(_serial)}.json"))
 
 
 class TestRedisStore:
@@ -102,12 +108,30 @@ class _LeakyLease(MemoryStore):
         return contextlib.nullcontext()
 
 
+class _ReentrantLease(MemoryStore):
+    """A broken store: its lease excludes other threads but lets the holder's thread in again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reentrant = threading.RLock()
+
+    @contextlib.contextmanager
+    def lease(self, timeout: float) -> Iterator[None]:
+        if not self._reentrant.acquire(timeout=timeout):
+            raise LeaseTimeout("held", reason="lease_timeout")
+        try:
+            yield
+        finally:
+            self._reentrant.release()
+
+
 class TestTheKitCatchesBrokenStores:
     """The kit is not vacuous: stores that break the contract fail it."""
 
-    @pytest.mark.parametrize("broken", [_LosesRevisions, _LeakyLease])
+    @pytest.mark.parametrize("broken", [_LosesRevisions, _LeakyLease, _ReentrantLease])
     def test_broken_store_fails(self, broken):
-        """A store without CAS, or with a lease that excludes nobody, raises ContractViolation."""
+        """A store without CAS, with a lease that excludes nobody, or with a lease its holder's
+        thread can take twice (two engines of one event loop) raises ContractViolation."""
         # Finding it is the point; shrinking it (and saving it) is not.
         quick = settings(
             max_examples=200, stateful_step_count=30, deadline=None, database=None,

@@ -304,6 +304,69 @@ class TestGraceReuse:
         assert refresh(client, server, creds.refresh_token).status_code == 400
 
 
+class TestSparse:
+    """Sparse mode leaves chosen fields out of refresh responses, as RFC 6749 §6 allows."""
+
+    def test_non_rotating(self, clock, client):
+        """Without refresh_token the presented one stays current and works again and again."""
+        with TokenServer(clock=clock, sparse={"refresh_token"}) as idp:
+            creds = idp.issue()
+            bodies = []
+            for _ in range(3):
+                response = refresh(client, idp, creds.refresh_token)
+                assert response.status_code == 200
+                bodies.append(response.json())
+
+            assert {"access_token", "token_type", "expires_in", "id_token"} == set(bodies[-1])
+            assert 3 == len({body["access_token"] for body in bodies})
+            assert idp.is_current(creds.refresh_token)
+            assert idp.family_alive(creds)
+            assert (idp.rotations, idp.reuse_rejections, idp.token_calls) == (0, 0, 3)
+            assert ["refreshed"] * 3 == [call.outcome for call in idp.calls]
+            latest = client.get(idp.resource_url, headers=bearer(bodies[-1]["access_token"]))
+            earlier = client.get(idp.resource_url, headers=bearer(bodies[0]["access_token"]))
+            assert (200, 401) == (latest.status_code, earlier.status_code)
+
+    def test_without_id_token_and_expires_in(self, clock, client):
+        """id_token and expires_in can be left out; the access token still expires on time."""
+        with TokenServer(clock=clock, sparse=["id_token", "expires_in"]) as idp:
+            creds = idp.issue()
+            response = refresh(client, idp, creds.refresh_token)
+            body = response.json()
+
+            assert {"access_token", "token_type", "refresh_token"} == set(body)
+            assert idp.is_current(body["refresh_token"])
+            assert not idp.is_current(creds)
+            assert START + 3600 == decode_jwt_claims(body["access_token"])["exp"]
+            assert 1 == idp.rotations
+            clock.advance(3600)
+            expired = client.get(idp.resource_url, headers=bearer(body["access_token"]))
+            assert 401 == expired.status_code
+
+    def test_issue_is_never_sparse(self, clock):
+        """A login returns every field whatever sparse says."""
+        with TokenServer(clock=clock, sparse={"refresh_token", "id_token", "expires_in"}) as idp:
+            issued = idp.issue_json()
+        assert {"access_token", "refresh_token", "id_token", "expires_in"} <= set(issued)
+
+    def test_changed_at_run_time(self, server, client):
+        """sparse can be switched on and off between calls."""
+        creds = server.issue()
+        server.sparse = {"refresh_token"}
+        first = refresh(client, server, creds.refresh_token).json()
+        server.sparse = ()
+        second = refresh(client, server, creds.refresh_token).json()
+
+        assert "refresh_token" not in first
+        assert server.is_current(second["refresh_token"])
+        assert frozenset() == server.sparse
+
+    def test_unknown_field_refused(self):
+        """Only refresh_token, id_token and expires_in can be left out."""
+        with pytest.raises(ValueError, match="access_token"):
+            TokenServer(sparse={"access_token"})
+
+
 class TestRevocation:
     """A revoked family's tokens stop working; unknown tokens are invalid_grant."""
 

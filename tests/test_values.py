@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from authfsm import Credentials, InvalidCredentials, Kind, Policy
 from authfsm.engine import (
     Identity,
     IdentityClaims,
+    Refreshed,
     backoff_delay,
     decode_jwt_claims,
     fingerprint,
@@ -20,6 +23,8 @@ from authfsm.engine import (
     is_compatible,
     refresh_point,
 )
+from authfsm.engine._credentials import jwt_expiry
+from authfsm.engine._ports import MAX_EXPIRES_IN
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC)
 
@@ -60,6 +65,50 @@ class TestCredentials:
         """Credentials.api_key builds an API-key credential."""
         assert Kind.API_KEY == Credentials.api_key("sk-1").kind
 
+    @pytest.mark.parametrize("field", ["access_token", "refresh_token", "id_token"])
+    @pytest.mark.parametrize(
+        "bad",
+        [" ", "\t \n", "tok-LEAK\r\nX-Injected: 1", "tok-LEAK\n", "tok-LEAK\x00", "tok-LEAK\x7f"],
+    )
+    def test_unsendable_token_refused(self, field, bad):
+        """Whitespace-only tokens and tokens with control characters are refused, unquoted."""
+        fields = {"access_token": "a", field: bad}
+        with pytest.raises(InvalidCredentials, match=field) as caught:
+            Credentials(**fields)
+        assert "LEAK" not in str(caught.value)
+        assert "invalid_credentials" == caught.value.reason
+
+    @pytest.mark.parametrize(("bad", "type_name"), [(b"at-bytes", "bytes"), (5, "int")])
+    def test_access_token_must_be_str(self, bad, type_name):
+        """A non-str access token is refused with a message naming its type."""
+        with pytest.raises(
+            InvalidCredentials, match=f"access_token must be a str, not {type_name}"
+        ):
+            Credentials(access_token=bad)
+
+    @pytest.mark.parametrize(
+        ("given_kind", "expected"), [("oauth", Kind.OAUTH), ("api_key", Kind.API_KEY)]
+    )
+    def test_kind_as_string(self, given_kind, expected):
+        """The string value of a Kind is converted to the Kind."""
+        assert expected == Credentials(access_token="a", kind=given_kind).kind
+
+    @pytest.mark.parametrize("bad", ["OAuth-secret-LEAK", "", 1, None])
+    def test_unknown_kind_refused(self, bad):
+        """Anything else is InvalidCredentials naming the allowed values, not the value given."""
+        with pytest.raises(
+            InvalidCredentials, match="kind must be a Kind or 'oauth' or 'api_key'"
+        ) as caught:
+            Credentials(access_token="a", kind=bad)
+        assert "LEAK" not in str(caught.value)
+
+    def test_far_future_expiry(self):
+        """An expires_at at the end of the calendar is kept and gives a refresh point."""
+        for offset in (timedelta(0), timedelta(hours=-5)):
+            end = datetime.max.replace(tzinfo=timezone(offset))
+            creds = Credentials(access_token="a", expires_at=end, last_refresh=T0)
+            assert end.timestamp() - 300 == refresh_point(creds, Policy())
+
     def test_fingerprint_tracks_material_fields_only(self):
         """Tokens and account change the fingerprint; last_refresh does not."""
         a = Credentials(access_token="a", refresh_token="r", last_refresh=T0)
@@ -85,6 +134,54 @@ class TestJwt:
     def test_claims(self):
         """A JWT's payload is returned as a dict."""
         assert {"sub": "u", "exp": 5} == decode_jwt_claims(jwt({"sub": "u", "exp": 5}))
+
+    @pytest.mark.parametrize(
+        "exp", [1e300, 2**63 - 1, pytest.param(10**400, id="10**400"), -1e300, 1e12]
+    )
+    def test_absurd_exp_is_unknown(self, exp):
+        """An exp no datetime can hold is no expiry at all; the interval applies."""
+        creds = Credentials(access_token=jwt({"exp": exp}), last_refresh=T0)
+        assert None is jwt_expiry(creds.access_token)
+        assert (T0 + timedelta(days=8)).timestamp() == refresh_point(creds, Policy())
+
+
+class TestRefreshed:
+    """A Refreshed value never carries a lifetime that overflows a datetime."""
+
+    @pytest.mark.parametrize(
+        ("given_seconds", "expected"),
+        [
+            (3600, 3600.0),
+            (0.5, 0.5),
+            (MAX_EXPIRES_IN, MAX_EXPIRES_IN),
+            (None, None),
+            (MAX_EXPIRES_IN + 1, None),
+            (2**63 - 1, None),
+            pytest.param(10**400, None, id="10**400"),
+            (1e300, None),
+            (math.inf, None),
+            (math.nan, None),
+            (0, None),
+            (-60, None),
+        ],
+    )
+    def test_expires_in_normalised(self, given_seconds, expected):
+        """Beyond ten years, non-finite or not positive: "no expiry known"."""
+        assert expected == Refreshed(access_token="a", expires_in=given_seconds).expires_in
+
+    @pytest.mark.parametrize("bad", ["3600", True])
+    def test_expires_in_must_be_a_number(self, bad):
+        """A string or a bool is a programming error, refused at construction."""
+        with pytest.raises(TypeError, match="expires_in"):
+            Refreshed(access_token="a", expires_in=bad)
+
+    @given(st.one_of(st.integers(), st.floats()))
+    def test_lifetime_fits_a_datetime(self, seconds):
+        """Whatever number a custom endpoint passes, the lifetime can be added to a datetime."""
+        expires_in = Refreshed(access_token="a", expires_in=seconds).expires_in
+        if expires_in is not None:
+            assert 0 < expires_in <= MAX_EXPIRES_IN
+            datetime.now(UTC) + timedelta(seconds=expires_in)
 
 
 class TestIdentity:

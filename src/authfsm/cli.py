@@ -186,13 +186,19 @@ def _parse_expiry(doc: dict[str, Any], now: float) -> datetime | None:
             raise UsageError("expires_in must be a number of seconds") from None
         if not math.isfinite(seconds) or seconds <= 0:
             raise UsageError("expires_in must be a positive number of seconds")
-        return datetime.fromtimestamp(now, UTC) + timedelta(seconds=seconds)
+        try:
+            return datetime.fromtimestamp(now, UTC) + timedelta(seconds=seconds)
+        except (OverflowError, ValueError):
+            raise UsageError("expires_in is out of range (the expiry is past year 9999)") from None
     if expires_at is None:
         return None
     if isinstance(expires_at, int | float) and not isinstance(expires_at, bool):
         if not math.isfinite(expires_at):
             raise UsageError("expires_at must be finite")
-        return datetime.fromtimestamp(expires_at, UTC)
+        try:
+            return datetime.fromtimestamp(expires_at, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise UsageError("expires_at is out of range (POSIX seconds up to year 9999)") from None
     if isinstance(expires_at, str):
         try:
             moment = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))

@@ -9,35 +9,44 @@ description or repr.
 
 Request building (:func:`build_refresh_request`, :func:`build_revoke_request`), body reading
 (:class:`CappedBody`) and classification (:func:`classify_refresh`, :func:`parse_retry_after`)
-are pure and shared by the sync and async paths; only the loops that move bytes differ.
+are pure and shared by the sync and async paths; only the loops that move bytes differ, and how
+each holds the whole exchange to one deadline (:class:`Watchdog` for sync, ``asyncio.timeout``
+for async).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import contextvars
 import json
 import math
 import re
+import socket
+import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, quote_plus, urlencode
 
 import attrs
 import httpx
 
-from ..engine._credentials import Credentials
+from ..engine._credentials import Credentials, token_problem
 from ..engine._ports import (
+    MAX_EXPIRES_IN,
     PERMANENT_ERROR_CODES,
     PermanentFailure,
     Refreshed,
     RefreshOutcome,
     TransientFailure,
 )
+from ._redact import REDACTED, redact_url
 
 # The pure pieces below are public within this private module so tests can drive them directly.
 __all__ = ["OAuthTokenEndpoint"]
@@ -62,14 +71,28 @@ _DIGITS = re.compile(r"[0-9]+")
 _NUMERIC = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _MAX_CODE = 64
 _MAX_DESCRIPTION = 200
-_REDACTED = "[redacted]"
+#: What a run past the endpoint's overall deadline is reported as: httpx's name for a server too
+#: slow to answer, which is what it is wherever in the exchange it happens.
+DEADLINE_REASON = "network:ReadTimeout"
+
+_T = TypeVar("_T")
+#: httpcore's ``trace`` request extension: called with an event name and its details.
+Trace = Callable[[str, Mapping[str, Any]], None]
+
+
+def _optional_url(url: str | None) -> str:
+    return "None" if url is None else repr(redact_url(url))
+
+
+def _names_only(mapping: Mapping[str, str]) -> str:
+    return repr(sorted(mapping))
 
 
 @attrs.frozen(kw_only=True)
 class PreparedRequest:
     """One POST to send: everything but the transport. Headers and body may hold secrets."""
 
-    url: str
+    url: str = attrs.field(repr=_optional_url)
     headers: Mapping[str, str] = attrs.field(repr=False)
     content: bytes = attrs.field(repr=False)
 
@@ -94,17 +117,22 @@ class Reply:
 
 @attrs.frozen(kw_only=True)
 class EndpointSettings:
-    """Everything a request is built from; fixed when the endpoint is made."""
+    """
+    Everything a request is built from; fixed when the endpoint is made.
 
-    token_url: str
+    The repr shows URLs without userinfo or query values, and only the names of extra parameters
+    and headers: any of them may carry a secret.
+    """
+
+    token_url: str = attrs.field(repr=_optional_url)
     client_id: str
     client_secret: str | None = attrs.field(repr=False)
     client_auth: ClientAuth
     body_format: BodyFormat
     scope: str | None
-    extra_params: Mapping[str, str]
-    revoke_url: str | None
-    headers: Mapping[str, str]
+    extra_params: Mapping[str, str] = attrs.field(repr=_names_only)
+    revoke_url: str | None = attrs.field(repr=_optional_url)
+    headers: Mapping[str, str] = attrs.field(repr=_names_only)
 
 
 # -- request building ------------------------------------------------------------------------
@@ -260,7 +288,7 @@ def _secret_forms(secrets: Iterable[str | None]) -> list[str]:
 
 def _redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
-        text = text.replace(secret, _REDACTED)
+        text = text.replace(secret, REDACTED)
     return text
 
 
@@ -273,11 +301,20 @@ def _mentions_secret(code: str, secrets: list[str]) -> bool:
     return False
 
 
+class _NonFinite:
+    """Stands in for the non-JSON literals ``NaN`` and ``Infinity``: never a valid value."""
+
+
+def _non_finite(_literal: str) -> _NonFinite:
+    return _NonFinite()
+
+
 def _load_json(body: bytes | None) -> Any:
     if not body:
         return None
     try:
-        return json.loads(body)
+        # A float that still comes out infinite is then a finite numeral too big for a float.
+        return json.loads(body, parse_constant=_non_finite)
     # RecursionError: a deeply nested document fits easily under the size cap.
     except (ValueError, RecursionError):
         return None
@@ -318,23 +355,30 @@ def _error_description(document: Any, secrets: list[str]) -> str | None:
 
 
 def _expires_in(value: Any) -> float | Literal[False] | None:
-    """The lifetime in seconds, None when absent, False when malformed."""
+    """
+    The lifetime in seconds; None when absent or absurd, False when malformed.
+
+    Absurd means a number beyond :data:`~authfsm.engine._ports.MAX_EXPIRES_IN` (ten years),
+    however large (``2**63-1``, ``1e300``, ``1e999``): the tokens are still adopted, with no expiry
+    known, because refusing them would lose a rotation the server has already made. Malformed
+    means not a positive number (or numeric string): zero, negative, ``NaN``, a word.
+    """
     if value is None:
         return None
-    if isinstance(value, bool):
-        return False
     if isinstance(value, str):
         text = value.strip()
         if not _NUMERIC.fullmatch(text):
             return False
-        value = text
-    elif not isinstance(value, int | float):
+        # A numeral too long for a float comes out infinite: finite, but absurd.
+        value = float(text)
+    elif isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    try:
-        seconds = float(value)
-    except (OverflowError, ValueError):
+    # Comparisons, not float(): exact for an int of any size, and false for NaN.
+    if not value > 0:
         return False
-    return seconds if math.isfinite(seconds) and seconds > 0 else False
+    if value > MAX_EXPIRES_IN:
+        return None
+    return float(value)
 
 
 def _success(document: Any, status: int) -> RefreshOutcome:
@@ -344,12 +388,13 @@ def _success(document: Any, status: int) -> RefreshOutcome:
     if not isinstance(document, dict):
         return invalid("not_json" if document is None else "not_object")
     access_token = document.get("access_token")
-    if not isinstance(access_token, str) or not access_token:
+    # The same rule Credentials applies, so nothing adopted here can fail there after a rotation.
+    if not isinstance(access_token, str) or token_problem(access_token) is not None:
         return invalid("access_token")
     optional: dict[str, str | None] = {}
     for name in ("refresh_token", "id_token"):
         value = document.get(name)
-        if value is not None and (not isinstance(value, str) or not value):
+        if value is not None and token_problem(value) is not None:
             return invalid(name)
         optional[name] = value
     expires_in = _expires_in(document.get("expires_in"))
@@ -376,7 +421,10 @@ def classify_refresh(
 
     Permanent iff the status is 401 or the error code is in ``permanent_codes`` (at any status,
     including a 2xx that carries an ``error`` and no ``access_token``). Everything else that is
-    not a well-formed 2xx is transient.
+    not a well-formed 2xx is transient. Well-formed means a JSON object whose tokens pass
+    :func:`~authfsm.engine._credentials.token_problem` (a token with CR, LF or NUL, or only
+    whitespace, is ``invalid_response:<field>``) and whose ``expires_in``, if any, is a positive
+    number; one beyond ten years is adopted as "no expiry known" (see :func:`_expires_in`).
     """
     status = reply.status
     secrets = _secret_forms(
@@ -424,6 +472,83 @@ def _check_body_deadline(deadline: float) -> None:
         raise httpx.ReadTimeout("the response body took longer than the timeout")
 
 
+class DeadlineExceeded(Exception):
+    """A sync exchange outlasted the endpoint's timeout; the caller was let go at the deadline."""
+
+
+class Watchdog:
+    """
+    Holds one sync exchange to an overall deadline, which httpx (timing out each read) cannot.
+
+    :meth:`run` does the exchange on a short-lived worker thread while the caller waits at most
+    ``seconds``, so neither slow headers nor a dripping body can hold the caller longer. The
+    worker passes :meth:`trace` to httpx as the ``trace`` request extension, which shows every
+    socket the exchange connects; at the deadline those sockets are shut down, which ends a
+    blocked read at once, so the worker does not linger either. (A connection reused from a
+    caller's pool is not seen; its worker ends at the body deadline or the per-read timeout.)
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._expired = False
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpcore's trace hook: remembers the socket of each connection (TCP, then TLS)."""
+        # "connection.connect_tcp.complete", "connection.start_tls.complete", "proxy.…", …
+        if not event.endswith((".connect_tcp.complete", ".start_tls.complete")):
+            return
+        stream = info.get("return_value")
+        sock = getattr(stream, "get_extra_info", lambda _name: None)("socket")
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self._expired
+        if expired:
+            _shut_down(sock)
+
+    def run(self, work: Callable[[Trace], _T]) -> _T:
+        """``work(trace)``'s result or exception; :class:`DeadlineExceeded` at the deadline."""
+        results: list[_T] = []
+        errors: list[BaseException] = []
+        done = threading.Event()
+        context = contextvars.copy_context()  # the caller's logging and tracing context
+
+        def worker() -> None:
+            try:
+                results.append(context.run(work, self.trace))
+            # Handed to the caller below, who raises it (or has left and drops it).
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=worker, name="authfsm-token-endpoint", daemon=True).start()
+        if not done.wait(self._seconds):
+            self._expire()
+            raise DeadlineExceeded
+        if errors:
+            raise errors[0]
+        return results[0]
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    # The plain socket's shutdown even for an SSLSocket, whose own would drop its SSL object
+    # under the worker's feet; either way the blocked read returns at once. A socket detached by
+    # the TLS wrap (the TCP one, once TLS is up) answers OSError: its TLS twin is shut instead.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
 class OAuthTokenEndpoint:
     """
     A :class:`~authfsm.engine.TokenEndpoint` speaking OAuth 2.0 over httpx (sync and async).
@@ -440,10 +565,17 @@ class OAuthTokenEndpoint:
         extra_params: further body parameters for refresh requests (not the reserved ones).
         revoke_url: the RFC 7009 endpoint; without it :meth:`revoke` returns False.
         headers: extra request headers (a user agent, say).
-        timeout: seconds for each of connect, write and read, and for reading the whole body.
-        max_response_bytes: a larger body is not read: ``TransientFailure("response_too_large")``.
+        timeout: the deadline, in seconds, for a whole exchange (connecting, sending, status
+            line, headers and body), sync or async, refresh or revoke; also httpx's timeout for
+            each connect, write and read. Past it, a refresh is
+            ``TransientFailure("network:ReadTimeout")`` and a revoke is False.
+        max_response_bytes: a larger body (after gzip/deflate decoding, which is bounded) is not
+            read: ``TransientFailure("response_too_large")``.
         permanent_codes: the OAuth error codes that mean the refresh token is dead.
-        client: an ``httpx.Client`` to use (and not close); by default the endpoint owns one.
+        client: an ``httpx.Client`` to use (and not close); by default the endpoint owns one,
+            which keeps no idle connections so that every exchange's socket is its own.
+
+    ``repr`` shows the URLs without userinfo or query values.
     """
 
     def __init__(
@@ -498,14 +630,20 @@ class OAuthTokenEndpoint:
         self._cap = max_response_bytes
         self._permanent_codes = frozenset(permanent_codes)
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=self._timeout)
+        if client is None:
+            # No idle connections: a fresh one per exchange (refreshes are rare) is one whose
+            # socket the watchdog sees being connected, and so can shut down at the deadline.
+            limits = httpx.Limits(max_keepalive_connections=0)
+            client = httpx.Client(timeout=self._timeout, limits=limits)
+        self._client = client
 
     def __repr__(self) -> str:
         s = self._settings
+        revoke = "" if s.revoke_url is None else f", revoke_url={redact_url(s.revoke_url)!r}"
         return (
-            f"OAuthTokenEndpoint(token_url={s.token_url!r}, client_id={s.client_id!r}, "
-            f"client_auth={s.client_auth!r}, body_format={s.body_format!r}, "
-            f"confidential={s.client_secret is not None})"
+            f"OAuthTokenEndpoint(token_url={redact_url(s.token_url)!r}{revoke}, "
+            f"client_id={s.client_id!r}, client_auth={s.client_auth!r}, "
+            f"body_format={s.body_format!r}, confidential={s.client_secret is not None})"
         )
 
     # -- sync ----------------------------------------------------------------------------------
@@ -516,7 +654,11 @@ class OAuthTokenEndpoint:
             return PermanentFailure(code="no_refresh_token")
         request = build_refresh_request(self._settings, credentials.refresh_token)
         try:
-            reply = self._exchange(self._client, request)
+            reply = Watchdog(self._timeout).run(
+                lambda trace: self._exchange(self._client, request, trace)
+            )
+        except DeadlineExceeded:
+            return TransientFailure(reason=DEADLINE_REASON)
         except (httpx.RequestError, OSError) as exc:
             return _network_failure(exc)
         return self._classify(reply, credentials)
@@ -527,9 +669,10 @@ class OAuthTokenEndpoint:
             return False
         request = build_revoke_request(self._settings, self._settings.revoke_url, credentials)
         try:
-            with self._client.stream(**self._send_args(request)) as response:
-                return response.is_success
-        except (httpx.HTTPError, OSError):
+            return Watchdog(self._timeout).run(
+                lambda trace: self._revoke_on(self._client, request, trace)
+            )
+        except (DeadlineExceeded, httpx.HTTPError, OSError):
             return False
 
     def close(self) -> None:
@@ -558,11 +701,16 @@ class OAuthTokenEndpoint:
             return PermanentFailure(code="no_refresh_token")
         request = build_refresh_request(self._settings, credentials.refresh_token)
         try:
-            if client is not None:
-                reply = await self._exchange_async(client, request)
-            else:
-                async with httpx.AsyncClient(timeout=self._timeout) as own:
-                    reply = await self._exchange_async(own, request)
+            # Cancelling the exchange at the deadline closes its connection, wherever it was.
+            async with asyncio.timeout(self._timeout):
+                if client is not None:
+                    reply = await self._exchange_async(client, request)
+                else:
+                    async with httpx.AsyncClient(timeout=self._timeout) as own:
+                        reply = await self._exchange_async(own, request)
+        # Before OSError, of which the builtin TimeoutError is a subclass.
+        except TimeoutError:
+            return TransientFailure(reason=DEADLINE_REASON)
         except (httpx.RequestError, OSError) as exc:
             return _network_failure(exc)
         return self._classify(reply, credentials)
@@ -575,16 +723,17 @@ class OAuthTokenEndpoint:
             return False
         request = build_revoke_request(self._settings, self._settings.revoke_url, credentials)
         try:
-            if client is not None:
-                return await self._revoke_on(client, request)
-            async with httpx.AsyncClient(timeout=self._timeout) as own:
-                return await self._revoke_on(own, request)
-        except (httpx.HTTPError, OSError):
+            async with asyncio.timeout(self._timeout):
+                if client is not None:
+                    return await self._revoke_on_async(client, request)
+                async with httpx.AsyncClient(timeout=self._timeout) as own:
+                    return await self._revoke_on_async(own, request)
+        except (TimeoutError, httpx.HTTPError, OSError):
             return False
 
     # -- the byte-moving loops; everything else is shared ---------------------------------------
 
-    def _send_args(self, request: PreparedRequest) -> dict[str, Any]:
+    def _send_args(self, request: PreparedRequest, trace: Trace | None = None) -> dict[str, Any]:
         return {
             "method": "POST",
             "url": request.url,
@@ -592,6 +741,7 @@ class OAuthTokenEndpoint:
             "content": request.content,
             "timeout": self._timeout,
             "follow_redirects": False,
+            "extensions": {} if trace is None else {"trace": trace},
         }
 
     def _body_for(self, response: httpx.Response) -> CappedBody:
@@ -599,10 +749,11 @@ class OAuthTokenEndpoint:
         body.declare_length(response.headers.get("content-length"))
         return body
 
-    def _exchange(self, client: httpx.Client, request: PreparedRequest) -> Reply:
-        with client.stream(**self._send_args(request)) as response:
+    def _exchange(self, client: httpx.Client, request: PreparedRequest, trace: Trace) -> Reply:
+        # Stops the worker of a connection the watchdog could not see (one reused from a pool).
+        deadline = time.monotonic() + self._timeout
+        with client.stream(**self._send_args(request, trace)) as response:
             body = self._body_for(response)
-            deadline = time.monotonic() + self._timeout
             if not body.done:
                 for chunk in response.iter_raw():
                     body.feed(chunk)
@@ -614,16 +765,18 @@ class OAuthTokenEndpoint:
     async def _exchange_async(self, client: httpx.AsyncClient, request: PreparedRequest) -> Reply:
         async with client.stream(**self._send_args(request)) as response:
             body = self._body_for(response)
-            deadline = time.monotonic() + self._timeout
             if not body.done:
                 async for chunk in response.aiter_raw():
                     body.feed(chunk)
                     if body.done:
                         break
-                    _check_body_deadline(deadline)
             return body.reply(response.status_code, response.headers.get("retry-after"))
 
-    async def _revoke_on(self, client: httpx.AsyncClient, request: PreparedRequest) -> bool:
+    def _revoke_on(self, client: httpx.Client, request: PreparedRequest, trace: Trace) -> bool:
+        with client.stream(**self._send_args(request, trace)) as response:
+            return response.is_success
+
+    async def _revoke_on_async(self, client: httpx.AsyncClient, request: PreparedRequest) -> bool:
         async with client.stream(**self._send_args(request)) as response:
             return response.is_success
 

@@ -14,6 +14,7 @@ from ._effects import AsyncStore, AsyncTokenEndpoint
 from ._errors import (
     AccountMismatch,
     AuthError,
+    EngineMisuse,
     IllegalTransition,
     InvalidCredentials,
     LeaseTimeout,
@@ -51,6 +52,7 @@ __all__ = [
     "Backoff",
     "BlockingStoreInLoop",
     "Credentials",
+    "EngineMisuse",
     "Identity",
     "IdentityClaims",
     "IllegalTransition",

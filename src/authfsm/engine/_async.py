@@ -13,13 +13,23 @@ import asyncio
 import contextlib
 import inspect
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..states import State
+from ._checks import check_endpoint, check_policy, check_store
 from ._credentials import Credentials
-from ._effects import AsyncStore, AsyncTokenEndpoint, Flow, drive_async, poll_lease
+from ._effects import (
+    AsyncStore,
+    AsyncTokenEndpoint,
+    Commitment,
+    Flow,
+    drive_async,
+    poll_lease,
+)
+from ._errors import EngineMisuse
 from ._events import EventLog
 from ._flows import EngineCore
 from ._policy import Policy
@@ -88,6 +98,9 @@ class AsyncAuthEngine:
         clock: Callable[[], float] = time.time,
         logger: Any = None,
     ) -> None:
+        check_store(store, asynchronous=True)
+        check_endpoint(endpoint, asynchronous=True)
+        check_policy(policy)
         # Both protocols have the same method names; only the coroutine-ness tells them apart.
         self._store: AsyncStore = (
             store  # type: ignore[assignment]
@@ -98,6 +111,12 @@ class AsyncAuthEngine:
         self._clock = clock
         self._flight = asyncio.Lock()
         self._started = False
+        # The event loop the engine's lock and tasks belong to, and how many operations run.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = 0
+        self._guard = threading.Lock()
+        # Operations whose caller was cancelled after their token call was sent: they finish.
+        self._detached: set[asyncio.Task[Any]] = set()
         self.hot_until = -math.inf
         self.hot_token = ""
         self._core = EngineCore(
@@ -182,9 +201,61 @@ class AsyncAuthEngine:
             self._started = True
 
     async def _run(self, operation: Callable[[EngineCore], Flow[T]]) -> T:
+        """
+        Run one operation in a task of its own that holds the engine's lock.
+
+        A cancelled caller gets its cancellation at once. Before the token call, the operation
+        is cancelled with it (the flow releases the lease). After it, the operation finishes in
+        the background: the answer is written and only then the lease and the lock released.
+        """
+        self._enter_loop()
+        commitment = Commitment()
+        inner = asyncio.ensure_future(self._locked(operation, commitment))
+        inner.add_done_callback(self._leave)
+        try:
+            return await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            if inner.done():
+                raise
+            if commitment.committed:
+                self._detached.add(inner)
+                inner.add_done_callback(self._forget)
+            else:
+                inner.cancel()
+                await asyncio.wait({inner})
+                if not inner.cancelled():
+                    inner.exception()  # retrieved: the caller gets its cancellation instead
+            raise
+
+    async def _locked(
+        self, operation: Callable[[EngineCore], Flow[T]], commitment: Commitment
+    ) -> T:
         async with self._flight:
             await self._start()
-            return await drive_async(operation(self._core), self._store, self._endpoint)
+            return await drive_async(operation(self._core), self._store, self._endpoint, commitment)
+
+    def _leave(self, _task: asyncio.Task[Any]) -> None:
+        with self._guard:
+            self._running -= 1
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._detached.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody awaits a detached operation
+
+    def _enter_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            if loop is not self._loop:
+                if self._running:
+                    raise EngineMisuse(
+                        "This AsyncAuthEngine is in use by another event loop; use one engine "
+                        "per event loop (each with its own store object)."
+                    )
+                # A new loop (e.g. a second asyncio.run) while idle: the lock belongs to it now.
+                self._loop = loop
+                self._flight = asyncio.Lock()
+            self._running += 1
 
     def __repr__(self) -> str:
         return f"<AsyncAuthEngine state={self.state.name} store={self._store.location!r}>"

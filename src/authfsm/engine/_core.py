@@ -14,7 +14,7 @@ import attrs
 
 from ..states import Facts
 from ._credentials import Credentials, Kind
-from ._identity import identity_of, is_compatible
+from ._identity import IdentityClaims, identity_of, is_compatible
 from ._policy import Policy, refresh_point
 from ._ports import Refreshed
 from ._record import Record
@@ -45,6 +45,11 @@ def observe(
         )
     )
     poison = record.poisoned() if record is not None else None
+    backoff_until = record.backoff_until() if record is not None else None
+    if backoff_until is not None and not _plausible_backoff(backoff_until, policy, now):
+        # Another process's advice, ignored when no engine could have written it: a hostile or
+        # broken marker cannot stop the fleet for longer than any engine backs off on its own.
+        backoff_until = None
     return Facts(
         now=now,
         reason=reason,
@@ -53,7 +58,7 @@ def observe(
         due_at=refresh_point(reference, policy) if reference is not None else math.inf,
         compatible=compatible,
         poisoned=poison.fingerprint if poison is not None else None,
-        backoff_until=record.backoff_until() if record is not None else None,
+        backoff_until=backoff_until,
         refreshable=(
             reference is not None
             and reference.kind is Kind.OAUTH
@@ -62,22 +67,62 @@ def observe(
     )
 
 
-def minted(reference: Credentials, answer: Refreshed, now: float) -> Credentials:
+# Clock skew allowed between the hosts that share a store, for markers they write.
+_SKEW = 60.0
+
+
+def _plausible_backoff(not_before: float, policy: Policy, now: float) -> bool:
+    longest = max(policy.backoff_max, policy.retry_after_max).total_seconds()
+    return not math.isnan(not_before) and not_before <= now + longest + _SKEW
+
+
+def minted(
+    reference: Credentials,
+    answer: Refreshed,
+    now: float,
+    claims: IdentityClaims | None = None,
+) -> Credentials:
     """
     The credential after a successful refresh of ``reference``.
 
     Fields the endpoint did not send keep their old values (RFC 6749 §6), except the expiry,
-    which is recomputed: ``expires_in`` if given, else the new token's own ``exp`` (or unknown).
+    which is recomputed: ``expires_in`` if given, else the new token's own ``exp`` (or unknown);
+    an expiry beyond what a date can hold counts as unknown. A new id_token replaces the old one
+    only if it proves the identity known before (with ``claims``): one naming nobody, or fewer
+    of the known ids, is dropped, so a refresh can never erase who the credential belongs to.
     """
     issued = datetime.fromtimestamp(now, UTC)
-    expires_at = (
-        issued + timedelta(seconds=answer.expires_in) if answer.expires_in is not None else None
-    )
     return attrs.evolve(
         reference,
         access_token=answer.access_token,
         refresh_token=answer.refresh_token or reference.refresh_token,
-        id_token=answer.id_token or reference.id_token,
-        expires_at=expires_at,
+        id_token=_kept_id_token(reference, answer.id_token, claims),
+        expires_at=_expiry(issued, answer.expires_in),
         last_refresh=issued,
     )
+
+
+def _expiry(issued: datetime, expires_in: float | None) -> datetime | None:
+    if expires_in is None or not math.isfinite(expires_in):
+        return None
+    try:
+        return issued + timedelta(seconds=expires_in)
+    except (OverflowError, ValueError):  # beyond year 9999: no expiry known
+        return None
+
+
+def _kept_id_token(
+    reference: Credentials, id_token: str | None, claims: IdentityClaims | None
+) -> str | None:
+    if not id_token:
+        return reference.id_token
+    if claims is None or reference.id_token is None:
+        return id_token
+    before = identity_of(reference, claims)
+    after = identity_of(attrs.evolve(reference, id_token=id_token), claims)
+    if not is_compatible(before, after):
+        return id_token  # another identity: the engine refuses the whole response
+    proves = (before.account_id is None or after.account_id == before.account_id) and (
+        before.user_id is None or after.user_id == before.user_id
+    )
+    return id_token if proves else reference.id_token

@@ -14,6 +14,7 @@ import enum
 import functools
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,10 @@ import attrs
 
 from ._errors import InvalidCredentials
 
-__all__ = ["Credentials", "Kind", "decode_jwt_claims", "fingerprint"]
+__all__ = ["Credentials", "Kind", "decode_jwt_claims", "fingerprint", "token_problem"]
+
+# C0 controls, DEL and C1 controls: never part of a real token, and CR/LF/NUL break HTTP headers.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class Kind(enum.Enum):
@@ -45,14 +49,36 @@ def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime |
         )
 
 
+def token_problem(value: object) -> str | None:
+    """
+    Why ``value`` cannot be used as a token, or None when it can.
+
+    A token is a non-empty ``str`` of valid Unicode text that is not only whitespace and holds no
+    control character (CR, LF, NUL, ...): such a value could never be sent in an HTTP header or
+    form. The answer describes the problem without quoting the value, so it is safe to show.
+    """
+    if not isinstance(value, str):
+        return f"must be a str, not {type(value).__name__}"
+    if not value.strip():
+        return "is empty or only whitespace"
+    if _CONTROL.search(value):
+        return "contains a control character (such as CR, LF or NUL)"
+    # A lone surrogate survives JSON decoding but can be neither hashed nor sent.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "is not valid Unicode text"
+    return None
+
+
 def _token(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is None:
         if attribute.name == "access_token":
             raise InvalidCredentials("access_token is required")
         return
-    if not isinstance(value, str) or not value:
-        raise InvalidCredentials(f"{attribute.name} must be a non-empty string")
-    _encodable(attribute.name, value)
+    problem = token_problem(value)
+    if problem is not None:
+        raise InvalidCredentials(f"{attribute.name} {problem}")
 
 
 def _optional_str(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
@@ -70,6 +96,20 @@ def _encodable(name: str, value: str) -> None:
         raise InvalidCredentials(f"{name} is not valid Unicode text") from None
 
 
+def _kind(value: Kind | str) -> Kind:
+    """A :class:`Kind`, or its string value (``"oauth"``, ``"api_key"``) converted to one."""
+    if isinstance(value, Kind):
+        return value
+    allowed = " or ".join(repr(kind.value) for kind in Kind)
+    if isinstance(value, str):
+        try:
+            return Kind(value)
+        except ValueError:
+            # The value is not echoed: a misplaced argument could be a secret.
+            raise InvalidCredentials(f"kind must be a Kind or {allowed}") from None
+    raise InvalidCredentials(f"kind must be a Kind or {allowed}, not {type(value).__name__}")
+
+
 @attrs.frozen(kw_only=True)
 class Credentials:
     """
@@ -82,7 +122,11 @@ class Credentials:
         expires_at: when the access token expires (timezone-aware), if known.
         account_id: the account/workspace/tenant the credential belongs to, if known.
         last_refresh: when the credential was last minted or refreshed (timezone-aware).
-        kind: OAuth or API key.
+        kind: OAuth or API key; its string value (``"oauth"``, ``"api_key"``) is converted.
+
+    Every token must pass :func:`token_problem` (non-empty, not only whitespace, no control
+    characters); anything else raises :class:`~authfsm.InvalidCredentials`, whose message never
+    contains the token.
     """
 
     access_token: str = attrs.field(repr=False, validator=_token)
@@ -91,7 +135,7 @@ class Credentials:
     expires_at: datetime | None = attrs.field(default=None, validator=_aware)
     account_id: str | None = attrs.field(default=None, validator=_optional_str)
     last_refresh: datetime | None = attrs.field(default=None, validator=_aware)
-    kind: Kind = attrs.field(default=Kind.OAUTH, validator=attrs.validators.instance_of(Kind))
+    kind: Kind = attrs.field(default=Kind.OAUTH, converter=_kind)
 
     @classmethod
     def api_key(cls, key: str) -> Credentials:

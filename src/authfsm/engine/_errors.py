@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "AccountMismatch",
     "AuthError",
+    "EngineMisuse",
     "IllegalTransition",
     "InvalidCredentials",
     "LeaseTimeout",
@@ -144,3 +145,14 @@ class InvalidCredentials(AuthError, ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, reason="invalid_credentials")
+
+
+class EngineMisuse(AuthError, RuntimeError):
+    """
+    The engine was used in a way that cannot work: a wrong type of store or endpoint passed to
+    it, or one asyncio engine driven from two event loops at once. Raised at once, before any
+    I/O, with a message that says what to do instead.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="engine_misuse")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final, Protocol
@@ -41,7 +42,7 @@ from ._errors import (
     WriteConflict,
 )
 from ._events import EventLog
-from ._identity import identity_of
+from ._identity import identity_of, is_compatible
 from ._lifecycle import Lifecycle
 from ._policy import Policy, backoff_delay, refresh_point
 from ._ports import PermanentFailure, Refreshed, TransientFailure
@@ -62,6 +63,36 @@ _MAX_PASSES: Final = 4
 _STORE_FAILURES: Final = frozenset({"storage_unavailable", "storage_timeout", "permission_denied"})
 # How long one wait for a busy lease lasts before the store is looked at again.
 _LEASE_SLICE: Final = 0.02
+# A failed write of freshly minted tokens is tried this many times in all under the same lease
+# (a dropped connection is reconnected by the second); after that, at later calls (_Unsaved).
+_SAVE_ATTEMPTS: Final = 2
+# How long a later attempt to write an unsaved credential waits for the lease.
+_SAVE_LEASE_WAIT: Final = 2.0
+# A token refreshed this recently and rejected again is not stale: the resource server rejects
+# it for another reason (audience, scope), and refreshing again would not help.
+_REJECTED_WHEN_NEW: Final = 60.0
+# A shared failure count is advice from another process: bounded before use.
+_MAX_FAILURES: Final = 10_000
+# How many credentials this engine held recently are remembered to judge a late 401 against.
+_HISTORY: Final = 4
+
+
+class _Unsaved:
+    """
+    A credential this engine holds that the store does not: a refresh whose write failed, or a
+    store that lost its record (a Redis restart without persistence).
+
+    ``base`` is the revision the credential was minted from (None: the store was empty). A store
+    record at or below it is an older copy: it is never adopted back (its refresh token may be
+    spent), and the write is tried again under the lease, at ``retry_at`` and on later calls.
+    """
+
+    __slots__ = ("attempts", "base", "retry_at")
+
+    def __init__(self, base: int | None, retry_at: float) -> None:
+        self.base = base
+        self.retry_at = retry_at
+        self.attempts = 0
 
 
 def _utc(ts: float) -> datetime | None:
@@ -71,6 +102,15 @@ def _utc(ts: float) -> datetime | None:
         return datetime.fromtimestamp(ts, UTC)
     except (OverflowError, OSError, ValueError):  # beyond what datetime can hold
         return None
+
+
+def _minted_before(candidate: Credentials, current: Credentials) -> bool:
+    """``candidate`` was refreshed before ``current`` (both dates known)."""
+    return (
+        candidate.last_refresh is not None
+        and current.last_refresh is not None
+        and candidate.last_refresh < current.last_refresh
+    )
 
 
 class HotPath(Protocol):
@@ -102,6 +142,13 @@ class EngineCore:
         self.retry_at = -math.inf
         self.failures = 0
         self.failure: str | None = None
+        self.unsaved: _Unsaved | None = None
+        # The failure came from taking the lease (a plain store read does not clear it).
+        self.lease_failed = False
+        # Credentials held before the current one: a 401 for one of them is judged against it.
+        self.history: deque[Credentials] = deque(maxlen=_HISTORY)
+        # The token the last recovery obtained, and when (to notice a 401 loop).
+        self.recovered: tuple[str, float] | None = None
         # The engine's hot path reads only these two; they live on the engine itself so that
         # access_token() costs one attribute lookup less.
         self.hot_until = -math.inf
@@ -126,9 +173,15 @@ class EngineCore:
             if state in (State.LOGGED_OUT, State.POISONED):
                 if not self._sync((yield READ), reason="check"):
                     raise self._reauth_error()
+                # Adopting a sibling's write is the refresh a forced call asked for: the new
+                # credential is served, never spent at once (Codex's guarded refresh).
+                force = False
                 continue
             cred = self.cred
             assert cred is not None
+            if self.unsaved is not None and now >= self.unsaved.retry_at:
+                yield from self._save_unsaved()
+                continue
             if not force:
                 if state in _SERVING:
                     if now < self.due_at:
@@ -147,9 +200,7 @@ class EngineCore:
                 yield from self._guarded_refresh(now)
             except StorageUnavailable as error:
                 # The store is unreachable: back off before trying it again, keep serving.
-                self.failures += 1
-                self.retry_at = self.clock() + backoff_delay(self.failures, None, self.policy)
-                self.failure = error.reason
+                self._back_off(error.reason)
                 if force or self.state not in _HOLDING:
                     raise
                 return cred.access_token
@@ -172,6 +223,11 @@ class EngineCore:
         current = self.cred
         assert current is not None
         if current.access_token != rejected_token:
+            rejected = self._held_before(rejected_token)
+            if rejected is not None and not self._compatible(rejected, current):
+                # The request was made for another identity than the one held now: never retry
+                # it with this one's token.
+                self._refused()
             return (yield from self.serve(force=False))
         if current.kind is Kind.API_KEY:
             if self._sync((yield READ), reason="api_key_rejected"):
@@ -183,12 +239,13 @@ class EngineCore:
         self.lifecycle.fire("reject", self._facts(now=now, reason="rejected_by_server"))
         self._publish()
         if now < self.retry_at:
+            looping = self.failure == "rejected_after_refresh"
             raise RefreshFailed(
                 "The token was rejected and refreshing is backing off after a failure.",
-                reason="backing_off",
+                reason="rejected_after_refresh" if looping else "backing_off",
                 retry_at=self.retry_at,
             )
-        yield from self._guarded_refresh(now)
+        yield from self._guarded_refresh(now, rejected=rejected_token)
         token = yield from self.serve(force=False)
         if token == rejected_token:
             raise RefreshFailed(
@@ -196,6 +253,7 @@ class EngineCore:
                 reason=self.failure or "no_new_token",
                 retry_at=self.retry_at if math.isfinite(self.retry_at) else None,
             )
+        self.recovered = (token, self.clock())
         return token
 
     def status(self, *, include_token: bool, refresh: bool) -> Flow[AuthStatus]:
@@ -204,15 +262,18 @@ class EngineCore:
                 yield from self.serve(force=False)
             else:
                 self._sync((yield READ), reason="status")
+                if self.unsaved is not None and self.clock() >= self.unsaved.retry_at:
+                    yield from self._save_unsaved()
         except StorageUnavailable as error:
             self.failure = error.reason
         except (ReauthRequired, RefreshFailed) as error:
             self.failure = self.failure or error.reason
         else:
             # A plain status reads the store, so it answered; a refreshing status may have
-            # skipped the store while backing off from the outage.
+            # skipped the store while backing off from the outage. A lease that could not be
+            # taken is not cured by a read that works.
             waiting = refresh and self.state is State.STALE and self.clock() < self.retry_at
-            if self.failure in _STORE_FAILURES and not waiting:
+            if self.failure in _STORE_FAILURES and not waiting and not self.lease_failed:
                 self.failure = None
                 self.failures = 0
                 self.retry_at = -math.inf
@@ -237,6 +298,7 @@ class EngineCore:
             now=self.clock(),
             reason="login",
         )
+        self.unsaved = None
         self.lifecycle.fire("login", facts)
         self._take(credentials)
 
@@ -253,14 +315,15 @@ class EngineCore:
                 yield WriteStore(Record(credential=None), record.revision)
         finally:
             yield RELEASE
+        self.unsaved = None
         self.lifecycle.fire("logout", Facts(now=self.clock(), reason="logout"))
         self._take(None)
         return bool(revoked) and all(revoked)
 
     def reload(self, *, allow_identity_change: bool) -> Flow[State]:
         record = yield READ
-        if self._sync(record, reason="reload"):
-            return self.state
+        if self._sync(record, reason="reload") or self._is_older_copy(record):
+            return self.state  # an older copy of this engine's unsaved credential: nothing new
         candidate = record.credential if record is not None else None
         current = self.cred
         if candidate is not None and (
@@ -273,13 +336,20 @@ class EngineCore:
 
     # -- the guarded refresh -----------------------------------------------------------------
 
-    def _guarded_refresh(self, now: float) -> Flow[None]:
-        """Reload before spending: adopt what a sibling wrote, else spend under the lease."""
+    def _guarded_refresh(self, now: float, *, rejected: str | None = None) -> Flow[None]:
+        """
+        Reload before spending: adopt what a sibling wrote, else spend under the lease.
+
+        ``rejected``: the access token a resource server refused (from ``recover``). If that
+        token is itself what a recovery obtained moments ago, nothing is spent: the server
+        rejects it for another reason than its age, and a refresh would not help.
+        """
         record = yield READ
         if self._sync(record, reason="before_lease"):
             return
-        if record is not None and record.credential is not None:
-            early = self._facts(now=now, reason="before_lease", candidate=record.credential)
+        stored = self._stored(record)
+        if stored is not None:
+            early = self._facts(now=now, reason="before_lease", candidate=stored)
             if not early.compatible:
                 self._refused()  # another identity: no lease, no call, no write
         if not (yield from self._await_lease()):
@@ -293,15 +363,16 @@ class EngineCore:
             facts = self._facts(
                 now=self.clock(),
                 reason="store_unchanged",
-                candidate=record.credential if record is not None else None,
+                candidate=self._stored(record),
                 record=record,
             )
             if not self.has_endpoint:
                 raise RefreshFailed("No token endpoint is configured.", reason="no_endpoint")
+            if rejected is not None and self._rejected_when_new(rejected, facts.now):
+                raise self._rejected_again(facts.now)
             if not self.lifecycle.attempt("begin_refresh", facts):
                 self._refuse_refresh(facts)
             self._publish()
-            assert record is not None
             try:
                 self.log.emit("info", "authfsm.refresh.call", fingerprint=reference.fingerprint)
                 answer = yield CallEndpoint(reference)
@@ -313,7 +384,8 @@ class EngineCore:
                 elif isinstance(answer, PermanentFailure):
                     yield from self._on_permanent(reference, answer, done)
                 else:
-                    raise TypeError(f"the token endpoint returned {answer!r}")
+                    failure = TransientFailure(reason="invalid_outcome")
+                    yield from self._on_transient(reference, record, failure, done)
             finally:
                 if self.state is State.REFRESHING:  # an error or cancellation mid-flight
                     self.lifecycle.fire("retry_later", Facts(now=now, reason="aborted"))
@@ -327,7 +399,9 @@ class EngineCore:
 
         Followers of a refresh do not queue for the lease only to re-read the store one after
         the other: between short waits they read the store, and adopt (returning False) as soon
-        as the leader's write lands. The wait is bounded by the policy's lease timeout.
+        as the leader's write lands. The wait is bounded by the policy's lease timeout; a lease
+        that cannot be had backs this engine off like any transient failure, so a hung holder
+        costs every sibling one wait, not one per call.
         """
         total = self._lease_timeout()
         waits = max(1, math.ceil(total / _LEASE_SLICE))
@@ -336,15 +410,33 @@ class EngineCore:
                 yield AcquireLease(min(_LEASE_SLICE, max(total - attempt * _LEASE_SLICE, 0.0)))
             except LeaseTimeout:
                 if attempt == waits - 1:
+                    self._back_off("lease_timeout", lease=True)
                     raise LeaseTimeout(
                         f"Another engine held the refresh lease for over {total:g} s.",
                         reason="lease_timeout",
+                        retry_at=self.retry_at,
                     ) from None
+            except StorageUnavailable as error:
+                self.lease_failed = True
+                self.failure = error.reason
+                raise
             else:
+                if self.lease_failed:
+                    self.lease_failed = False
+                    if self.failure in _STORE_FAILURES or self.failure == "lease_timeout":
+                        self.failure = None
                 return True
             if self._sync((yield READ), reason="while_waiting_for_lease"):
                 return False
         raise AssertionError("unreachable: the last wait returns or raises")
+
+    def _back_off(self, reason: str, *, lease: bool = False) -> None:
+        """A failure that is not the endpoint's: wait before trying again, keep serving."""
+        self.failures += 1
+        self.retry_at = self.clock() + backoff_delay(self.failures, None, self.policy)
+        self.failure = reason
+        self.lease_failed = self.lease_failed or lease
+        self._publish()
 
     def _refuse_refresh(self, facts: Facts) -> None:
         if not facts.compatible:
@@ -368,9 +460,9 @@ class EngineCore:
         )
 
     def _on_refreshed(
-        self, reference: Credentials, record: Record, answer: Refreshed, now: float
+        self, reference: Credentials, record: Record | None, answer: Refreshed, now: float
     ) -> Flow[None]:
-        new = minted(reference, answer, now)
+        new = minted(reference, answer, now, self.policy.identity)
         facts = observe(
             reference=reference,
             candidate=new,
@@ -385,39 +477,111 @@ class EngineCore:
             failure = TransientFailure(reason="identity_changed_in_response")
             yield from self._on_transient(reference, record, failure, now)
             return
-        try:
-            yield WriteStore(Record(credential=new), record.revision)
-        except WriteConflict:
-            # Fenced: our lease lapsed and a sibling wrote meanwhile. Never overwrite it.
-            # Leave REFRESHING first: from there the table's fallback row would poison us.
-            self.log.emit("warning", "authfsm.store.fenced", fingerprint=new.fingerprint)
-            self.lifecycle.fire("retry_later", Facts(now=now, reason="fenced"))
-            self._publish()
-            self._sync((yield READ), reason="fenced")
-            return
-        except AuthError as error:
-            # The server has rotated: the new tokens exist only here now. Keep serving them.
-            self.log.emit("error", "authfsm.store.write_failed", reason=error.reason)
+        expected = record.revision if record is not None else None
+        saved = False
+        for _attempt in range(_SAVE_ATTEMPTS):
+            try:
+                yield WriteStore(Record(credential=new), expected)
+            except WriteConflict:
+                # Fenced: our lease lapsed and a sibling wrote meanwhile. Never overwrite it.
+                # Leave REFRESHING first: from there the table's fallback row would poison us.
+                self.log.emit("warning", "authfsm.store.fenced", fingerprint=new.fingerprint)
+                self.lifecycle.fire("retry_later", Facts(now=now, reason="fenced"))
+                self._publish()
+                self._sync((yield READ), reason="fenced")
+                return
+            except AuthError as error:
+                # The server has rotated: the new tokens exist only here now.
+                self.log.emit("error", "authfsm.store.write_failed", reason=error.reason)
+                self.failure = "unsaved"
+            else:
+                saved = True
+                break
+        if saved and self.unsaved is not None:
+            self.unsaved = None  # the store holds this engine's newest credential now
+        if saved and self.failure == "unsaved":
+            self.failure = None
         self.lifecycle.fire("refreshed", facts)
+        if self.failure == "rejected_after_refresh":
+            # Still in a 401 loop: a rejection of this one is not staleness either.
+            self.recovered = (new.access_token, now)
         self._take(new)
+        if not saved:
+            # Keep serving them, never adopt the older stored copy back, and write them again
+            # under the lease on later calls until the write lands.
+            self._mark_unsaved(expected, now)
         self.log.emit("info", "authfsm.refresh.succeeded", fingerprint=new.fingerprint)
 
+    def _mark_unsaved(self, base: int | None, now: float) -> None:
+        unsaved = self.unsaved if self.unsaved is not None else _Unsaved(base, now)
+        unsaved.base = base
+        unsaved.attempts += 1
+        unsaved.retry_at = now + backoff_delay(unsaved.attempts, None, self.policy)
+        self.unsaved = unsaved
+        self.failure = "unsaved"
+        self._publish()
+
+    def _save_unsaved(self) -> Flow[None]:
+        """Write the credential the store does not hold yet, under the lease (see _Unsaved)."""
+        unsaved = self.unsaved
+        cred = self.cred
+        assert unsaved is not None
+        assert cred is not None
+        try:
+            yield AcquireLease(min(self._lease_timeout(), _SAVE_LEASE_WAIT))
+        except AuthError as error:
+            self.log.emit("warning", "authfsm.store.save_retry_failed", reason=error.reason)
+            self._mark_unsaved(unsaved.base, self.clock())
+            return
+        try:
+            record = yield READ
+            if self._stored(record) is not cred:
+                self._sync(record, reason="unsaved_superseded")
+                return
+            yield WriteStore(Record(credential=cred), record.revision if record else None)
+        except AuthError as error:
+            self.log.emit("warning", "authfsm.store.save_retry_failed", reason=error.reason)
+            self._mark_unsaved(unsaved.base, self.clock())
+        else:
+            self.unsaved = None
+            if self.failure == "unsaved":
+                self.failure = None
+            self._publish()
+            self.log.emit("info", "authfsm.store.saved", fingerprint=cred.fingerprint)
+        finally:
+            yield RELEASE
+
     def _on_transient(
-        self, reference: Credentials, record: Record, answer: TransientFailure, now: float
+        self,
+        reference: Credentials,
+        record: Record | None,
+        answer: TransientFailure,
+        now: float,
     ) -> Flow[None]:
-        shared = record.backoff
-        failures = 1 + max(
-            self.failures,
-            shared.failures if shared and shared.fingerprint == reference.fingerprint else 0,
+        shared = record.backoff if record is not None else None
+        failures = 1 + min(
+            max(
+                self.failures,
+                shared.failures if shared and shared.fingerprint == reference.fingerprint else 0,
+            ),
+            _MAX_FAILURES,
         )
         retry_at = now + backoff_delay(failures, answer.retry_after, self.policy)
         marker = Backoff(fingerprint=reference.fingerprint, not_before=retry_at, failures=failures)
         # The shared marker is advice; this engine backs off on its own even if it cannot write.
+        # The credential written with it is the one just spent (the store's copy, or this
+        # engine's unsaved one, which the write then saves).
         with contextlib.suppress(AuthError):
             yield WriteStore(
-                Record(credential=record.credential, poison=record.poison, backoff=marker),
-                record.revision,
+                Record(
+                    credential=reference,
+                    poison=record.poison if record is not None else None,
+                    backoff=marker,
+                ),
+                record.revision if record is not None else None,
             )
+            if self.unsaved is not None:
+                self.unsaved = None
         if self.state is State.REFRESHING:
             self.lifecycle.fire("retry_later", Facts(now=now, reason=answer.reason))
         self.failures = failures
@@ -443,7 +607,7 @@ class EngineCore:
     ) -> Flow[None]:
         # After a permanent failure, look once more: a sibling may have rotated meanwhile.
         record = yield READ
-        candidate = record.credential if record is not None else None
+        candidate = self._stored(record)
         if candidate is None:
             self.lifecycle.fire("logout", Facts(now=now, reason="store_emptied"))
             self._take(None)
@@ -466,9 +630,13 @@ class EngineCore:
             # only this engine and a correctly configured sibling may still refresh.
             marker = Poison(fingerprint=reference.fingerprint, reason=answer.code, at=now)
             try:
-                yield WriteStore(Record(credential=candidate, poison=marker), record.revision)
+                yield WriteStore(
+                    Record(credential=candidate, poison=marker),
+                    record.revision if record is not None else None,
+                )
             except AuthError as error:
                 self.log.emit("error", "authfsm.store.write_failed", reason=error.reason)
+        self.unsaved = None
         self.lifecycle.fire("poison", facts)
         self.failure = answer.code
         self._publish()
@@ -483,6 +651,28 @@ class EngineCore:
 
     # -- store observations ------------------------------------------------------------------
 
+    def _stored(self, record: Record | None) -> Credentials | None:
+        """
+        The credential the store stands for: this engine's own unsaved one when the record is
+        an older copy of it (or missing), else the record's.
+        """
+        if self._is_older_copy(record):
+            return self.cred
+        return record.credential if record is not None else None
+
+    def _is_older_copy(self, record: Record | None) -> bool:
+        """The store holds what this engine's unsaved credential replaced (or nothing)."""
+        unsaved = self.unsaved
+        if unsaved is None or self.cred is None:
+            return False
+        if record is None:
+            return True
+        if record.credential is not None and record.credential.fingerprint == self.cred.fingerprint:
+            return False  # it landed after all
+        if unsaved.base is None:
+            return record.credential is not None and _minted_before(record.credential, self.cred)
+        return record.revision <= unsaved.base
+
     def _sync(
         self, record: Record | None, *, reason: str, judge_against_nothing: bool = False
     ) -> bool:
@@ -494,6 +684,29 @@ class EngineCore:
         """
         now = self.clock()
         state = self.state
+        if self.unsaved is not None and not judge_against_nothing:
+            if self._is_older_copy(record):
+                return False  # never adopt back what this engine's credential replaced
+            landed = (
+                record is not None
+                and record.credential is not None
+                and self.cred is not None
+                and record.credential.fingerprint == self.cred.fingerprint
+            )
+            if not landed:
+                self.log.emit("warning", "authfsm.store.unsaved_superseded", reason=reason)
+            self.unsaved = None
+            if self.failure == "unsaved":
+                self.failure = None
+            self._publish()
+        if record is None and state in _HOLDING and self.cred is not None:
+            # No record at all is not a logout (a logout leaves a tombstone): the store lost
+            # it (a Redis restart without persistence). Keep serving; write it back.
+            self.log.emit("warning", "authfsm.store.record_missing", reason=reason)
+            self.unsaved = _Unsaved(None, now)
+            self.failure = "unsaved"
+            self._publish()
+            return False
         candidate = record.credential if record is not None else None
         if candidate is None:
             if state is State.LOGGED_OUT:
@@ -546,9 +759,52 @@ class EngineCore:
             reason=reason,
         )
 
+    def _compatible(self, reference: Credentials, candidate: Credentials) -> bool:
+        claims = self.policy.identity
+        return is_compatible(identity_of(reference, claims), identity_of(candidate, claims))
+
+    def _held_before(self, access_token: str) -> Credentials | None:
+        """The credential this engine held recently whose access token this is, if any."""
+        for cred in self.history:
+            if cred.access_token == access_token:
+                return cred
+        return None
+
+    def _rejected_when_new(self, rejected: str, now: float) -> bool:
+        """``rejected`` is what a recovery obtained moments ago: a 401 for it is not staleness."""
+        if self.recovered is None:
+            return False
+        token, at = self.recovered
+        return token == rejected and 0.0 <= now - at < _REJECTED_WHEN_NEW
+
+    def _rejected_again(self, now: float) -> RefreshFailed:
+        cred = self.cred
+        assert cred is not None
+        assert self.recovered is not None
+        # Serve the same token until then (access_token() must not refresh it either), and
+        # refresh at most once per window after that.
+        self.failure = "rejected_after_refresh"
+        retry_at = self.recovered[1] + _REJECTED_WHEN_NEW
+        self.retry_at = max(self.retry_at, retry_at)
+        self._publish()
+        self.log.emit(
+            "warning",
+            "authfsm.recover.rejected_after_refresh",
+            fingerprint=cred.fingerprint,
+            retry_in=round(retry_at - now, 3),
+        )
+        return RefreshFailed(
+            "The server rejected a token refreshed moments ago; refreshing again would not help "
+            "(check the token's audience and scopes, or the server's clock).",
+            reason="rejected_after_refresh",
+            retry_at=retry_at,
+        )
+
     def _take(self, credentials: Credentials | None) -> None:
         """Cache ``credentials`` (after the lifecycle accepted them) and republish the hot path."""
         previous = self.cred
+        if previous is not None and previous is not credentials:
+            self.history.append(previous)
         self.cred = credentials
         if (
             credentials is None
@@ -572,7 +828,9 @@ class EngineCore:
         cred = self.cred
         if cred is not None and self.state in _SERVING:
             hot.hot_token = cred.access_token
-            hot.hot_until = self.due_at
+            # While the store lacks this credential, calls come back to the flows to save it.
+            unsaved = self.unsaved
+            hot.hot_until = self.due_at if unsaved is None else min(self.due_at, unsaved.retry_at)
 
     def _lease_timeout(self) -> float:
         return self.policy.lease_timeout.total_seconds()
@@ -614,4 +872,5 @@ class EngineCore:
             retry_at=_utc(self.retry_at) if state is State.STALE else None,
             failure=self.failure,
             requires_login=state is State.POISONED or self.failure == "account_mismatch",
+            unsaved=self.unsaved is not None,
         )

@@ -18,6 +18,8 @@ from ._identity import IdentityClaims
 
 __all__ = ["Policy", "backoff_delay", "refresh_point"]
 
+_MAX_EXPONENT = 62
+
 
 def _positive(_instance: object, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
     if not isinstance(value, timedelta) or value <= timedelta(0):
@@ -86,9 +88,12 @@ def backoff_delay(failures: int, retry_after: float | None, policy: Policy) -> f
     Seconds to wait after ``failures`` consecutive transient failures: exponential with full
     jitter (floored at ``backoff_min``), never less than the server's ``Retry-After``.
     """
+    # Cap the exponent before exponentiating: 2.0 ** 1024 overflows, and the count can come
+    # from another process's marker. 2 ** 62 times any sane initial delay is beyond any cap.
+    exponent = min(max(failures - 1, 0), _MAX_EXPONENT)
     cap = min(
         policy.backoff_max.total_seconds(),
-        policy.backoff_initial.total_seconds() * 2.0 ** max(failures - 1, 0),
+        policy.backoff_initial.total_seconds() * 2.0**exponent,
     )
     delay = max(policy.backoff_min.total_seconds(), cap * float(policy.jitter()))
     if retry_after is not None and retry_after > 0:

@@ -72,14 +72,40 @@ class Store(Protocol):
         ...
 
 
+#: The longest access-token lifetime taken at face value: ten years, in seconds. A longer
+#: ``expires_in`` means "no expiry known", so a lifetime can always be added to a datetime.
+MAX_EXPIRES_IN: float = 10 * 365 * 24 * 3600.0
+
+
+def _lifetime(value: float | None) -> float | None:
+    """``expires_in`` as seconds in ``(0, MAX_EXPIRES_IN]``, or None for "no expiry known"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(
+            f"expires_in must be a number of seconds or None, not {type(value).__name__}"
+        )
+    # Exact for huge ints and false for NaN: nothing here can overflow.
+    if not 0 < value <= MAX_EXPIRES_IN:
+        return None
+    return float(value)
+
+
 @attrs.frozen(kw_only=True)
 class Refreshed:
-    """The endpoint minted new tokens. Missing fields keep the old values (RFC 6749 §6)."""
+    """
+    The endpoint minted new tokens. Missing fields keep the old values (RFC 6749 §6).
+
+    ``expires_in`` is normalised at construction so that no endpoint, built in or custom, can hand
+    the engine a lifetime that overflows a datetime: a zero, negative, NaN, infinite or larger
+    than :data:`MAX_EXPIRES_IN` value becomes None ("no expiry known": the engine then uses the
+    new token's own ``exp``, or the refresh interval). A non-number raises ``TypeError``.
+    """
 
     access_token: str = attrs.field(repr=False)
     refresh_token: str | None = attrs.field(default=None, repr=False)
     id_token: str | None = attrs.field(default=None, repr=False)
-    expires_in: float | None = None
+    expires_in: float | None = attrs.field(default=None, converter=_lifetime)
 
 
 @attrs.frozen(kw_only=True)

@@ -31,6 +31,10 @@ class AuthStatus:
         failure: the reason of the last failure (an OAuth error code, ``"account_mismatch"``, a
             transient reason), or None.
         requires_login: the user must log in again for this application to get a token.
+        unsaved: the engine holds a credential the store does not (a write failed after a
+            refresh, or the store lost its record); it keeps serving it and writes it again
+            on later calls. Until then, another process sharing the store may spend the
+            older refresh token.
     """
 
     state: State
@@ -43,6 +47,7 @@ class AuthStatus:
     retry_at: datetime | None = None
     failure: str | None = None
     requires_login: bool = False
+    unsaved: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (timestamps as ISO 8601; the token only if present)."""
@@ -61,6 +66,7 @@ class AuthStatus:
             "retry_at": iso(self.retry_at),
             "failure": self.failure,
             "requires_login": self.requires_login,
+            "unsaved": self.unsaved,
         }
         if self.token is not None:
             out["token"] = self.token

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..states import State
+from ._checks import check_endpoint, check_policy, check_store
 from ._credentials import Credentials
 from ._effects import Flow, drive
 from ._events import EventLog
@@ -56,6 +57,9 @@ class AuthEngine:
         clock: Callable[[], float] = time.time,
         logger: Any = None,
     ) -> None:
+        check_store(store, asynchronous=False)
+        check_endpoint(endpoint, asynchronous=False)
+        check_policy(policy)
         self._store = store
         self._endpoint = endpoint
         self._clock = clock

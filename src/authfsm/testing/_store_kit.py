@@ -5,8 +5,10 @@ The store contract kit: one differential state machine that every store must pas
 sequence of ``read``, compare-and-swap ``write`` (with the right expected revision, with wrong
 ones, with revisions remembered from earlier writes as a fenced lease holder would send them,
 with tombstones and poison/backoff markers), ``delete`` and ``lease``, and compares the two
-after every step. :class:`StoreContract` does the same as a test class to subclass;
-:func:`check_async_store` runs an asyncio store through it.
+after every step. The lease must exclude every other holder: another handle, another thread,
+and the same object from the holder's own thread (it is not re-entrant; ``write()`` and
+``delete()`` inside it must still work). :class:`StoreContract` does the same as a test class
+to subclass; :func:`check_async_store` runs an asyncio store through it.
 
 This module owns the contract as executable checks; it must not need pytest (it is imported by
 ``authfsm.testing``), and Hypothesis is imported only when a check runs.
@@ -148,6 +150,10 @@ def _strategies() -> Any:
 
     # Any text that can be stored: no lone surrogates (Credentials refuses them).
     text = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=24)
+    # Any token Credentials accepts: no control characters, not only whitespace.
+    tokens = st.text(
+        st.characters(exclude_categories=["Cs", "Cc"]), min_size=1, max_size=24
+    ).filter(str.strip)
     zones = st.sampled_from(
         [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
     )
@@ -157,9 +163,9 @@ def _strategies() -> Any:
     finite = st.floats(allow_nan=False, allow_infinity=False)
     credentials = st.builds(
         Credentials,
-        access_token=text,
-        refresh_token=st.none() | text,
-        id_token=st.none() | text,
+        access_token=tokens,
+        refresh_token=st.none() | tokens,
+        id_token=st.none() | tokens,
         expires_at=st.none() | moments,
         account_id=st.none() | text,
         last_refresh=st.none() | moments,
@@ -295,9 +301,20 @@ def store_machine(
 
         @rule(record=st.none() | records)
         def lease_excludes_others(self, record: Record | None) -> None:
-            """Nobody else gets the lease while it is held; a CAS write works inside it."""
+            """
+            Nobody else gets the lease while it is held, not even the holder's own object from
+            the holder's own thread; a CAS write works inside it.
+
+            Engines of one event loop share a thread and may share a store object: a lease
+            that lets the same thread in twice lets two of them spend one refresh token.
+            """
             with self.store.lease(_LEASE_TIMEOUT):
                 _expect(not self._contend(), "a contender got the lease while it was held")
+                _expect(
+                    not _attempt_lease(self.store),
+                    "lease(0) on the same store from the holder's thread got the lease while it "
+                    "was held (a re-entrant lease lets two engines of one thread both refresh)",
+                )
                 if record is not None:
                     self.write_expected(record)
             _expect(self._contend(), "the lease was not free after it was released")

@@ -22,7 +22,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
 from typing import Any, Literal
@@ -33,11 +33,12 @@ import attrs
 from ..engine._credentials import Credentials
 from ._http import LoopbackHTTPServer, MalformedRequestError, Reply, parse_params
 
-__all__ = ["Call", "Outcome", "ScriptedResponse", "TokenServer"]
+__all__ = ["SPARSE_FIELDS", "Call", "Outcome", "ScriptedResponse", "SparseField", "TokenServer"]
 
 #: What the server did with one request; see :class:`Call`.
 Outcome = Literal[
     "rotated",
+    "refreshed",
     "grace_reuse",
     "reused_family_revoked",
     "invalid_grant",
@@ -53,6 +54,10 @@ Outcome = Literal[
 TOKEN_PATH = "/oauth/token"  # noqa: S105  (a URL path, not a password)
 REVOKE_PATH = "/oauth/revoke"
 RESOURCE_PATH = "/resource"
+
+#: A field a refresh response may leave out; see :attr:`TokenServer.sparse`.
+SparseField = Literal["refresh_token", "id_token", "expires_in"]
+SPARSE_FIELDS: frozenset[str] = frozenset({"refresh_token", "id_token", "expires_in"})
 
 # Bodies are held in memory; a cap keeps a runaway client from exhausting the test process.
 
@@ -151,6 +156,18 @@ class TokenServer:
 
     All times come from ``clock`` (POSIX seconds), so a :class:`~authfsm.testing.FakeClock` can
     expire tokens without sleeping.
+
+    Sparse responses: ``sparse`` names the fields a successful refresh response leaves out, as
+    RFC 6749 §5.1 and §6 allow, so a client can be tested against an IdP that sends less:
+
+    - ``"refresh_token"``: a *non-rotating* IdP. The refresh token presented stays current and
+      may be used again (it is not spent, so no reuse detection); the call's outcome is
+      ``"refreshed"`` and :attr:`rotations` does not count it. The access token still changes.
+    - ``"id_token"``: no new id_token; the client keeps the one it had.
+    - ``"expires_in"``: no lifetime; the access token still expires after ``access_token_ttl``
+      (and a JWT access token still says so in its ``exp``).
+
+    :meth:`issue` (a login) always returns every field. ``sparse`` may be changed at any time.
     """
 
     def __init__(
@@ -164,6 +181,7 @@ class TokenServer:
         jwt_access_tokens: bool = True,
         clock: Callable[[], float] = time.time,
         latency: float = 0.0,
+        sparse: Iterable[SparseField] = (),
     ) -> None:
         if access_token_ttl <= 0:
             raise ValueError("access_token_ttl must be positive")
@@ -178,6 +196,8 @@ class TokenServer:
         self._clock = clock
         self._latency = 0.0
         self.latency = latency
+        self._sparse: frozenset[str] = frozenset()
+        self.sparse = frozenset(sparse)
 
         self._lock = threading.Lock()
         self._families: list[_Family] = []
@@ -270,6 +290,21 @@ class TokenServer:
         if seconds < 0:
             raise ValueError("latency must not be negative")
         self._latency = float(seconds)
+
+    @property
+    def sparse(self) -> frozenset[str]:
+        """The fields refresh responses leave out (see the class docstring)."""
+        return self._sparse
+
+    @sparse.setter
+    def sparse(self, fields: Iterable[SparseField]) -> None:
+        chosen = frozenset(fields)
+        unknown = sorted(chosen - SPARSE_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"sparse may name only {', '.join(sorted(SPARSE_FIELDS))}, not {', '.join(unknown)}"
+            )
+        self._sparse = chosen
 
     # -- the test side -----------------------------------------------------------------------
 
@@ -533,10 +568,17 @@ class TokenServer:
         if not family.alive:
             self._log(TOKEN_PATH, "POST", "refresh_token", 400, "invalid_grant", family.id, now)
             return _error(400, "invalid_grant", "refresh token has been revoked")
-        response = self._mint(family, self.access_token_ttl, now)
-        family.spent[presented] = _Spent(at=now, response=MappingProxyType(response))
-        self._rotations += 1
-        self._log(TOKEN_PATH, "POST", "refresh_token", 200, "rotated", family.id, now)
+        sparse = self._sparse
+        rotate = "refresh_token" not in sparse
+        response = self._mint(family, self.access_token_ttl, now, rotate=rotate)
+        for name in sparse:
+            del response[name]
+        outcome: Outcome = "refreshed"
+        if rotate:
+            family.spent[presented] = _Spent(at=now, response=MappingProxyType(response))
+            self._rotations += 1
+            outcome = "rotated"
+        self._log(TOKEN_PATH, "POST", "refresh_token", 200, outcome, family.id, now)
         return _json_reply(200, response)
 
     def _token_refused(
@@ -659,8 +701,14 @@ class TokenServer:
         self._families.append(family)
         return family, self._mint(family, ttl, now)
 
-    def _mint(self, family: _Family, ttl: float, now: float) -> dict[str, object]:
-        """New access, refresh and id tokens for the family; they become its current ones."""
+    def _mint(
+        self, family: _Family, ttl: float, now: float, *, rotate: bool = True
+    ) -> dict[str, object]:
+        """
+        New access, refresh and id tokens for the family; they become its current ones.
+
+        With ``rotate=False`` the family keeps its refresh token, which the response repeats.
+        """
         exp = now + ttl
         if self.jwt_access_tokens:
             access = _unsigned_jwt(
@@ -674,7 +722,7 @@ class TokenServer:
             )
         else:
             access = "at-" + secrets.token_urlsafe(32)
-        refresh = "rt-" + secrets.token_urlsafe(32)
+        refresh = "rt-" + secrets.token_urlsafe(32) if rotate else family.refresh_token
         id_claims: dict[str, object] = {
             "iss": self._issuer(),
             "aud": self._client_id,

@@ -7,14 +7,23 @@ and compare-and-swap on the record's revision. The lease is an OS advisory lock 
 raises ``StorageCorrupt`` naming the path and is never overwritten; for a format that another
 program rewrites in place (the codec's ``settle_time``), the file is first given that long to
 change, so a write caught half-way is not mistaken for corruption.
+
+A credential path that is a symlink is resolved once, when the store is made: the store, its
+lock file and its writes are the target's, so engines that open the file through the link and
+through the target share one lease, and a write replaces the target, keeping the link.
+
+This module also owns :class:`LockFileLease`, the lease both file-locked stores (this one and
+``KeyringStore``) hold; it must not know what the store keeps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
+import math
 import os
+import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +39,101 @@ __all__ = ["FileStore"]
 
 # A file that fails to decode is re-read this many times within the settle time.
 _SETTLE_STEPS = 4
+# The random part of tempfile.mkstemp's names: 8 characters, never a dot. A neighbour whose name
+# extends ours ("auth.json.work") has a dot where ours has these, so the sweep never matches it.
+_TEMP_RANDOM = "[a-z0-9_]{8}"
+
+
+def check_lock_timeout(value: float) -> float:
+    """``value`` as a lock wait in seconds; ValueError unless a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"lock_timeout must be a number of seconds, not {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"lock_timeout must be finite and at least 0 seconds, not {value!r}")
+    return float(value)
+
+
+class LockFileLease:
+    """
+    The lease of a store that locks a file: exclusive per holder, within and across processes.
+
+    Two locks, taken in this order:
+
+    - a ``threading.Lock`` of this object, which is not re-entrant: engines of one event loop
+      share a thread (``AsyncAuthEngine`` polls ``lease(0)``) and often one store object, and
+      must still exclude each other, or two of them spend one refresh token;
+    - the OS lock on ``lock_file`` (``filelock``), which excludes other store objects, threads
+      and processes, and which the OS frees when its holder dies.
+
+    :meth:`hold` is the lease (both locks). :meth:`guard` is the OS lock alone, re-entrant for
+    its thread: the store's own ``write()``/``delete()`` (and confirming reads) take it, so they
+    work inside a held lease and still exclude other threads and processes without it.
+    """
+
+    def __init__(self, lock_file: Path, *, poll_interval: float) -> None:
+        self._lock_file = lock_file
+        self._holder = threading.Lock()
+        self._os_lock = filelock.FileLock(lock_file, mode=0o600, poll_interval=poll_interval)
+
+    @property
+    def lock_file(self) -> Path:
+        return self._lock_file
+
+    @contextmanager
+    def hold(self, timeout: float) -> Iterator[None]:
+        """The lease; ``LeaseTimeout`` when it stays held (by anyone) for ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        if not self._holder.acquire(timeout=timeout if timeout >= 0 else -1):
+            raise self._timeout(timeout)
+        try:
+            left = max(deadline - time.monotonic(), 0.0) if timeout >= 0 else timeout
+            with self._locked(left, timeout):
+                yield
+        finally:
+            self._holder.release()
+
+    @contextmanager
+    def guard(self, timeout: float) -> Iterator[None]:
+        """The OS lock alone: re-entrant for the thread that holds it (or holds the lease)."""
+        with self._locked(timeout, timeout):
+            yield
+
+    @contextmanager
+    def _locked(self, wait: float, timeout: float) -> Iterator[None]:
+        try:
+            self._lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._os_lock.acquire(timeout=wait)
+        except filelock.Timeout:
+            raise self._timeout(timeout) from None
+        except OSError as error:
+            raise StorageUnavailable(f"Cannot lock {self._lock_file}: {error.strerror}.") from None
+        try:
+            yield
+        finally:
+            self._os_lock.release()
+
+    def _timeout(self, timeout: float) -> LeaseTimeout:
+        return LeaseTimeout(
+            f"The refresh lease {self._lock_file} was held for over {timeout:g} s.",
+            reason="lease_timeout",
+        )
+
+
+def resolve_link(path: Path) -> Path:
+    """
+    The file that ``path`` names: a symlink is followed to its end, anything else kept as is.
+
+    Raises ``StorageUnavailable`` (reason ``symlink_loop``) for links that lead in a circle.
+    """
+    if not os.path.islink(path):
+        return path
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a loop: RuntimeError before Python 3.13, OSError since
+        raise StorageUnavailable(
+            f"Cannot use credential store {path}: its symbolic links lead in a circle.",
+            reason="symlink_loop",
+        ) from None
 
 
 class FileStore:
@@ -38,11 +142,19 @@ class FileStore:
 
     Args:
         path: the credential file (``~`` is expanded); its folder is created 0700 if missing.
+            A symlink is resolved now, once (a link made or changed later is not followed):
+            the store is the target's, and writes replace the target, keeping the link.
         codec: the file format (default: :class:`NativeCodec`).
-        lock_path: the lease's lock file (default: ``<path>.lock``).
+        lock_path: the lease's lock file (default: ``<path>.lock``, next to the target).
+        lock_timeout: how long ``write()`` and ``delete()`` wait for the lock, in seconds;
+            then they raise ``LeaseTimeout``.
         poll_interval: how often a waiting engine retries the OS lock, in seconds.
         settle_time: how long a file that fails to decode may take to change before it is
             called corrupt (default: the codec's ``settle_time``, else 0: at once).
+
+    The lease is not re-entrant: while anyone holds it (another process, thread, store object,
+    or an engine sharing this object on the same thread), ``lease()`` waits, then raises
+    ``LeaseTimeout``. ``write()`` and ``delete()`` work inside it.
     """
 
     def __init__(
@@ -51,23 +163,25 @@ class FileStore:
         *,
         codec: Codec | None = None,
         lock_path: str | os.PathLike[str] | None = None,
+        lock_timeout: float = 30.0,
         poll_interval: float = 0.002,
         settle_time: float | None = None,
     ) -> None:
-        self._path = Path(path).expanduser()
+        self._path = resolve_link(Path(path).expanduser())
         self._codec: Codec = codec if codec is not None else NativeCodec()
         settle = getattr(self._codec, "settle_time", 0.0) if settle_time is None else settle_time
         if not isinstance(settle, int | float) or not 0 <= settle <= 60:
             raise ValueError(f"settle_time must be between 0 and 60 seconds, not {settle!r}")
         self._settle = float(settle)
+        self._lock_timeout = check_lock_timeout(lock_timeout)
         lock = (
             Path(lock_path).expanduser()
             if lock_path
             else self._path.with_name(self._path.name + ".lock")
         )
-        # One lock object per store: re-entrant for the thread holding the lease (so write()
-        # inside a lease does not deadlock), exclusive across threads and processes.
-        self._lock = filelock.FileLock(lock, mode=0o600, poll_interval=poll_interval)
+        self._lease = LockFileLease(lock, poll_interval=poll_interval)
+        # Exactly the names _replace gives its temporary files, never another store's.
+        self._temp_name = re.compile(rf"\.{re.escape(self._path.name)}\.{_TEMP_RANDOM}\.tmp")
 
     @property
     def path(self) -> Path:
@@ -124,7 +238,8 @@ class FileStore:
             ) from None
 
     def write(self, record: Record, expected_revision: int | None) -> Record:
-        with self.lease(timeout=30.0):
+        """Compare-and-swap under the OS lock; the new file is on disk when this returns."""
+        with self._lease.guard(self._lock_timeout):
             # A corrupt file raises here: it is never overwritten.
             previous, current = self._load()
             found = current.revision if current is not None else None
@@ -142,7 +257,7 @@ class FileStore:
             return stored
 
     def delete(self, expected_revision: int | None) -> None:
-        with self.lease(timeout=30.0):
+        with self._lease.guard(self._lock_timeout):
             current = self.read()
             found = current.revision if current is not None else None
             if found != expected_revision:
@@ -152,22 +267,15 @@ class FileStore:
 
     @contextmanager
     def lease(self, timeout: float) -> Iterator[None]:
+        """Exclusive to one holder at a time, in this process and across processes."""
         try:
             self._parent()
-            self._lock.acquire(timeout=timeout)
-        except filelock.Timeout:
-            raise LeaseTimeout(
-                f"The refresh lease {self._lock.lock_file} was held for over {timeout:g} s.",
-                reason="lease_timeout",
-            ) from None
         except OSError as error:
             raise StorageUnavailable(
-                f"Cannot lock {self._lock.lock_file}: {error.strerror}."
+                f"Cannot lock {self._lease.lock_file}: {error.strerror}."
             ) from None
-        try:
+        with self._lease.hold(timeout):
             yield
-        finally:
-            self._lock.release()
 
     def _parent(self) -> Path:
         parent = self._path.parent
@@ -175,11 +283,14 @@ class FileStore:
         return parent
 
     def _sweep_orphans(self) -> None:
-        # Temporary files of a writer that died mid-write (never renamed into place). We hold the
-        # lease, so no live writer of this store is between mkstemp and rename right now.
-        for orphan in self._path.parent.glob(f".{glob.escape(self._path.name)}.*.tmp"):
+        # Temporary files of a writer of this store that died mid-write (never renamed into
+        # place). We hold the lock, so no live writer of this store is between creating and
+        # renaming one; another store's temporary files never match this store's exact names.
+        with os.scandir(self._path.parent) as entries:
+            orphans = [entry.path for entry in entries if self._temp_name.fullmatch(entry.name)]
+        for orphan in orphans:
             with contextlib.suppress(OSError):
-                orphan.unlink()
+                os.unlink(orphan)
 
     def _replace(self, data: bytes) -> None:
         parent = self._parent()

@@ -4,9 +4,10 @@ Locker) through the ``keyring`` package.
 
 The record is one secret, the codec's text (native JSON by default), under a service name and a
 user name. A keyring offers neither a lock nor a compare-and-swap, so the lease is an OS lock on
-a lock file (``filelock``, as for ``FileStore``: the OS frees it when a holder dies), and
-``write()`` and ``delete()`` compare the revision while holding it. Every engine that shares the
-secret must therefore share the lock file too: same user, same ``lock_path``.
+a lock file (``FileStore``'s :class:`LockFileLease`: the OS frees it when a holder dies; it is not
+re-entrant, even for engines sharing one store object on one thread), and ``write()`` and
+``delete()`` compare the revision while holding the OS lock. Every engine that shares the secret
+must therefore share the lock file too: same user, same ``lock_path``.
 
 Secret services answer a read atomically, but file-based backends (``keyrings.alt``) rewrite
 their file in place; so a read that finds nothing, or something unreadable, is repeated under
@@ -30,10 +31,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import attrs
-import filelock
 
 from ...engine import LeaseTimeout, Record, StorageCorrupt, StorageUnavailable, WriteConflict
 from ._codec import Codec, CodecError, NativeCodec
+from ._file import LockFileLease
 
 __all__ = ["KeyringStore", "SecretBackend"]
 
@@ -81,6 +82,10 @@ class KeyringStore:
         codec: the secret's format (default: :class:`NativeCodec`).
         lock_timeout: how long ``write()``, ``delete()`` and a confirming read wait for the lock.
         poll_interval: how often a waiting engine retries the OS lock, in seconds.
+
+    The lease is not re-entrant: while anyone holds it (another process, thread, store object,
+    or an engine sharing this object on the same thread), ``lease()`` waits, then raises
+    ``LeaseTimeout``. ``write()``, ``delete()`` and ``read()`` work inside it.
     """
 
     def __init__(
@@ -107,9 +112,7 @@ class KeyringStore:
             if lock_path is not None
             else default_lock_path(service, username)
         )
-        # As in FileStore: re-entrant for the thread holding the lease (so write() inside a
-        # lease does not deadlock), exclusive across threads and processes.
-        self._lock = filelock.FileLock(self._lock_path, mode=0o600, poll_interval=poll_interval)
+        self._lease = LockFileLease(self._lock_path, poll_interval=poll_interval)
 
     @property
     def service(self) -> str:
@@ -135,9 +138,10 @@ class KeyringStore:
         except (StorageUnavailable, StorageCorrupt):
             pass
         # Nothing, or nothing readable: a backend rewriting its file may be caught mid-write.
-        # Under the lock no authfsm writer is: what is seen there counts.
+        # Under the OS lock no authfsm writer is: what is seen there counts. (The OS lock, not
+        # the lease: it is re-entrant, so a read inside the caller's own lease does not wait.)
         try:
-            with self.lease(self._lock_timeout):
+            with self._lease.guard(self._lock_timeout):
                 return self._load()[1]
         except LeaseTimeout:
             raise StorageUnavailable(
@@ -147,7 +151,7 @@ class KeyringStore:
             ) from None
 
     def write(self, record: Record, expected_revision: int | None) -> Record:
-        with self.lease(self._lock_timeout):
+        with self._lease.guard(self._lock_timeout):
             previous, current = self._load()  # a corrupt secret raises: it is never overwritten
             found = current.revision if current is not None else None
             if found != expected_revision:
@@ -163,7 +167,7 @@ class KeyringStore:
             return stored
 
     def delete(self, expected_revision: int | None) -> None:
-        with self.lease(self._lock_timeout):
+        with self._lease.guard(self._lock_timeout):
             previous, current = self._load()
             found = current.revision if current is not None else None
             if found != expected_revision:
@@ -179,20 +183,9 @@ class KeyringStore:
 
     @contextmanager
     def lease(self, timeout: float) -> Iterator[None]:
-        try:
-            self._lock_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._lock.acquire(timeout=timeout)
-        except filelock.Timeout:
-            raise LeaseTimeout(
-                f"The refresh lease {self._lock_path} was held for over {timeout:g} s.",
-                reason="lease_timeout",
-            ) from None
-        except OSError as error:
-            raise StorageUnavailable(f"Cannot lock {self._lock_path}: {error.strerror}.") from None
-        try:
+        """Exclusive to one holder at a time, in this process and across processes."""
+        with self._lease.hold(timeout):
             yield
-        finally:
-            self._lock.release()
 
     def _load(self) -> tuple[str | None, Record | None]:
         """The secret and the record it holds (call with the lock held)."""
