@@ -1,17 +1,19 @@
 """
 The OAuth token endpoint adapter: spends a refresh token over HTTP and classifies the outcome.
 
-This module owns the wire protocol of RFC 6749 §6 (refresh) and RFC 7009 (revoke) and the rules
-that turn every reply, hostile or not, into a :class:`Refreshed`, :class:`TransientFailure` or
+This module owns the wire protocol of RFC 6749 §6 (refresh), RFC 7009 (revoke) and of the other
+grants a login needs (§4.1.3 authorization code, RFC 8628 device code: ``request_token``), and the
+rules that turn every reply, hostile or not, into a :class:`Refreshed`, :class:`TransientFailure` or
 :class:`PermanentFailure`. It must not raise for a network or HTTP problem, must not adopt a
 malformed reply, and must never put token material or the client secret into a reason, code,
 description or repr.
 
-Request building (:func:`build_refresh_request`, :func:`build_revoke_request`), body reading
-(:class:`CappedBody`) and classification (:func:`classify_refresh`, :func:`parse_retry_after`)
-are pure and shared by the sync and async paths; only the loops that move bytes differ, and how
-each holds the whole exchange to one deadline (:class:`Watchdog` for sync, ``asyncio.timeout``
-for async).
+Request building (:func:`build_refresh_request`, :func:`build_revoke_request`,
+:func:`build_grant_request`, :func:`build_get_request`), body reading (:class:`CappedBody`) and
+classification (:func:`classify_refresh`, :func:`classify_grant`, :func:`parse_retry_after`) are
+pure and shared by the sync and async paths; only the loops that move bytes differ (:func:`send`,
+:func:`send_async`, also used by login discovery and JWKS fetches), and how each holds the whole
+exchange to one deadline (:class:`Watchdog` for sync, ``asyncio.timeout`` for async).
 """
 
 from __future__ import annotations
@@ -90,11 +92,12 @@ def _names_only(mapping: Mapping[str, str]) -> str:
 
 @attrs.frozen(kw_only=True)
 class PreparedRequest:
-    """One POST to send: everything but the transport. Headers and body may hold secrets."""
+    """One request to send: everything but the transport. Headers and body may hold secrets."""
 
     url: str = attrs.field(repr=_optional_url)
     headers: Mapping[str, str] = attrs.field(repr=False)
     content: bytes = attrs.field(repr=False)
+    method: Literal["GET", "POST"] = "POST"
 
 
 @attrs.frozen(kw_only=True)
@@ -174,6 +177,50 @@ def build_refresh_request(settings: EndpointSettings, refresh_token: str) -> Pre
         params["scope"] = settings.scope
     params.update(settings.extra_params)
     return _prepare(settings, settings.token_url, params)
+
+
+#: Parameters a grant request may not set through ``params``: the adapter writes them itself.
+_GRANT_RESERVED = frozenset({"grant_type", "client_id", "client_secret"})
+
+
+def build_grant_request(
+    settings: EndpointSettings, grant_type: str, params: Mapping[str, str]
+) -> PreparedRequest:
+    """
+    A token request for any grant (RFC 6749 §4.1.3 ``authorization_code``, RFC 8628
+    ``urn:ietf:params:oauth:grant-type:device_code``, ...), with the client's authentication.
+
+    ``params`` are the grant's own parameters; ``grant_type``, ``client_id`` and ``client_secret``
+    are written by the adapter (``ValueError`` if ``params`` sets them). The endpoint's ``scope``
+    and ``extra_params`` belong to refresh requests and are not added.
+    """
+    if not isinstance(grant_type, str) or not grant_type:
+        raise ValueError("grant_type must be a non-empty string")
+    clashes = sorted(_GRANT_RESERVED.intersection(params))
+    if clashes:
+        raise ValueError(f"params may not set {', '.join(clashes)}")
+    return _prepare(settings, settings.token_url, {"grant_type": grant_type, **params})
+
+
+def build_form_request(
+    settings: EndpointSettings, url: str, params: Mapping[str, str]
+) -> PreparedRequest:
+    """
+    A client-authenticated POST of ``params`` to another endpoint of the same provider (the RFC
+    8628 device authorization endpoint), in the endpoint's body format.
+    """
+    clashes = sorted({"client_id", "client_secret"}.intersection(params))
+    if clashes:
+        raise ValueError(f"params may not set {', '.join(clashes)}")
+    return _prepare(settings, url, dict(params))
+
+
+def build_get_request(url: str, headers: Mapping[str, str] | None = None) -> PreparedRequest:
+    """A GET of a JSON document (discovery metadata, a JWKS), uncompressed so the cap is exact."""
+    merged = httpx.Headers(headers or {})
+    merged["Accept"] = "application/json"
+    merged["Accept-Encoding"] = "identity"
+    return PreparedRequest(url=url, headers=dict(merged.items()), content=b"", method="GET")
 
 
 def build_revoke_request(
@@ -354,6 +401,16 @@ def _error_description(document: Any, secrets: list[str]) -> str | None:
     return text[:_MAX_DESCRIPTION]
 
 
+def oauth_error(document: Any, secrets: Iterable[str | None] = ()) -> tuple[str | None, str | None]:
+    """
+    The OAuth ``error`` code and ``error_description`` of a document, safe to show: the code
+    lower case within ``[a-z0-9_.-]`` (else ``"unknown"``), the description printable, with
+    ``secrets`` redacted, cut to 200 characters. ``(None, None)`` when there is no error.
+    """
+    forms = _secret_forms(secrets)
+    return _error_code(document, forms), _error_description(document, forms)
+
+
 def _expires_in(value: Any) -> float | Literal[False] | None:
     """
     The lifetime in seconds; None when absent or absurd, False when malformed.
@@ -426,7 +483,6 @@ def classify_refresh(
     whitespace, is ``invalid_response:<field>``) and whose ``expires_in``, if any, is a positive
     number; one beyond ten years is adopted as "no expiry known" (see :func:`_expires_in`).
     """
-    status = reply.status
     secrets = _secret_forms(
         (
             credentials.access_token,
@@ -435,6 +491,43 @@ def classify_refresh(
             client_secret,
         )
     )
+
+    def final(code: str | None, status: int) -> bool:
+        return status == 401 or (code is not None and code in permanent_codes)
+
+    return _classify_token_reply(reply, secrets=secrets, final=final, now=now)
+
+
+def classify_grant(
+    reply: Reply, *, secrets: Iterable[str | None] = (), now: datetime
+) -> RefreshOutcome:
+    """
+    Turn the token endpoint's reply to a grant other than refresh into an outcome; never raises.
+
+    What an error code means is the caller's business here (``authorization_pending`` keeps a
+    device login polling, ``invalid_grant`` ends a code exchange), so every answer the server
+    gave on purpose is a :class:`PermanentFailure` carrying its code: any reply with a readable
+    OAuth error code at a status below 500 (a 2xx with an ``error`` and no ``access_token``
+    too, as GitHub sends), and any 401. A 5xx or 429 without a code, a network failure, or a
+    malformed body is a :class:`TransientFailure`. A 2xx is adopted by the same rules as a
+    refresh. ``secrets`` (the code, the verifier, the device code, the client secret) are
+    redacted from descriptions and never become a code.
+    """
+
+    def final(code: str | None, status: int) -> bool:
+        return status == 401 or (code is not None and status < 500)
+
+    return _classify_token_reply(reply, secrets=_secret_forms(secrets), final=final, now=now)
+
+
+def _classify_token_reply(
+    reply: Reply,
+    *,
+    secrets: list[str],
+    final: Callable[[str | None, int], bool],
+    now: datetime,
+) -> RefreshOutcome:
+    status = reply.status
     success = 200 <= status < 300
     retry_after = None if success else parse_retry_after(reply.retry_after, now)
     if reply.problem is not None:
@@ -448,7 +541,7 @@ def classify_refresh(
         has_access = isinstance(document, dict) and "access_token" in document
         if code is None or has_access:
             return _success(document, status)
-    if status == 401 or (code is not None and code in permanent_codes):
+    if final(code, status):
         return PermanentFailure(
             code=code or f"http_{status}",
             status=status,
@@ -549,6 +642,110 @@ def _shut_down(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+# -- the byte-moving loops; everything else is shared -------------------------------------------
+
+
+def _send_args(
+    request: PreparedRequest, timeout: float, trace: Trace | None = None
+) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "method": request.method,
+        "url": request.url,
+        "headers": request.headers,
+        "timeout": timeout,
+        "follow_redirects": False,
+        "extensions": {} if trace is None else {"trace": trace},
+    }
+    if request.method == "POST":
+        args["content"] = request.content
+    return args
+
+
+def _body_for(response: httpx.Response, cap: int) -> CappedBody:
+    body = CappedBody(cap, response.headers.get("content-encoding"))
+    body.declare_length(response.headers.get("content-length"))
+    return body
+
+
+def _read_reply(
+    client: httpx.Client, request: PreparedRequest, *, timeout: float, cap: int, trace: Trace
+) -> Reply:
+    # Stops the worker of a connection the watchdog could not see (one reused from a pool).
+    deadline = time.monotonic() + timeout
+    with client.stream(**_send_args(request, timeout, trace)) as response:
+        body = _body_for(response, cap)
+        if not body.done:
+            for chunk in response.iter_raw():
+                body.feed(chunk)
+                if body.done:
+                    break
+                _check_body_deadline(deadline)
+        return body.reply(response.status_code, response.headers.get("retry-after"))
+
+
+async def _read_reply_async(
+    client: httpx.AsyncClient, request: PreparedRequest, *, timeout: float, cap: int
+) -> Reply:
+    async with client.stream(**_send_args(request, timeout)) as response:
+        body = _body_for(response, cap)
+        if not body.done:
+            async for chunk in response.aiter_raw():
+                body.feed(chunk)
+                if body.done:
+                    break
+        return body.reply(response.status_code, response.headers.get("retry-after"))
+
+
+def send(
+    request: PreparedRequest, *, client: httpx.Client, timeout: float, cap: int
+) -> Reply | TransientFailure:
+    """
+    One exchange held to ``timeout`` seconds overall, its body capped at ``cap`` decoded bytes.
+
+    Never raises for a network problem or the deadline: those are a :class:`TransientFailure`
+    whose reason names only the exception class (``network:ConnectError``), or
+    :data:`DEADLINE_REASON`. Redirects are not followed.
+    """
+    try:
+        return Watchdog(timeout).run(
+            lambda trace: _read_reply(client, request, timeout=timeout, cap=cap, trace=trace)
+        )
+    except DeadlineExceeded:
+        return TransientFailure(reason=DEADLINE_REASON)
+    except (httpx.RequestError, OSError) as exc:
+        return _network_failure(exc)
+
+
+async def send_async(
+    request: PreparedRequest,
+    *,
+    client: httpx.AsyncClient | None,
+    timeout: float,
+    cap: int,
+) -> Reply | TransientFailure:
+    """:func:`send` on ``client``, or on a short-lived ``AsyncClient`` when None."""
+    try:
+        # Cancelling the exchange at the deadline closes its connection, wherever it was.
+        async with asyncio.timeout(timeout):
+            if client is not None:
+                return await _read_reply_async(client, request, timeout=timeout, cap=cap)
+            async with httpx.AsyncClient(timeout=timeout) as own:
+                return await _read_reply_async(own, request, timeout=timeout, cap=cap)
+    # Before OSError, of which the builtin TimeoutError is a subclass.
+    except TimeoutError:
+        return TransientFailure(reason=DEADLINE_REASON)
+    except (httpx.RequestError, OSError) as exc:
+        return _network_failure(exc)
+
+
+def new_sync_client(timeout: float) -> httpx.Client:
+    """
+    An ``httpx.Client`` that keeps no idle connections: a fresh one per exchange is one whose
+    socket the :class:`Watchdog` sees being connected, and so can shut down at the deadline.
+    """
+    return httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 class OAuthTokenEndpoint:
     """
     A :class:`~authfsm.engine.TokenEndpoint` speaking OAuth 2.0 over httpx (sync and async).
@@ -631,10 +828,8 @@ class OAuthTokenEndpoint:
         self._permanent_codes = frozenset(permanent_codes)
         self._owns_client = client is None
         if client is None:
-            # No idle connections: a fresh one per exchange (refreshes are rare) is one whose
-            # socket the watchdog sees being connected, and so can shut down at the deadline.
-            limits = httpx.Limits(max_keepalive_connections=0)
-            client = httpx.Client(timeout=self._timeout, limits=limits)
+            # Refreshes are rare: a fresh connection per exchange costs little (new_sync_client).
+            client = new_sync_client(self._timeout)
         self._client = client
 
     def __repr__(self) -> str:
@@ -648,20 +843,54 @@ class OAuthTokenEndpoint:
 
     # -- sync ----------------------------------------------------------------------------------
 
+    @property
+    def client_id(self) -> str:
+        """The OAuth client id this endpoint authenticates as."""
+        return self._settings.client_id
+
+    @property
+    def token_url(self) -> str:
+        """Where token requests go."""
+        return self._settings.token_url
+
     def refresh(self, credentials: Credentials) -> RefreshOutcome:
         """Spend ``credentials.refresh_token`` once and classify what happens."""
         if credentials.refresh_token is None:
             return PermanentFailure(code="no_refresh_token")
         request = build_refresh_request(self._settings, credentials.refresh_token)
-        try:
-            reply = Watchdog(self._timeout).run(
-                lambda trace: self._exchange(self._client, request, trace)
-            )
-        except DeadlineExceeded:
-            return TransientFailure(reason=DEADLINE_REASON)
-        except (httpx.RequestError, OSError) as exc:
-            return _network_failure(exc)
+        reply = self._send(request)
+        if isinstance(reply, TransientFailure):
+            return reply
         return self._classify(reply, credentials)
+
+    def request_token(
+        self, grant_type: str, params: Mapping[str, str], *, secrets: Iterable[str] = ()
+    ) -> RefreshOutcome:
+        """
+        Ask the token endpoint for tokens with any grant, with the same deadline, body cap and
+        secret-free classification as :meth:`refresh` (see :func:`classify_grant`: every OAuth
+        error code the server answers comes back as a ``PermanentFailure`` carrying it).
+
+        ``params`` are the grant's parameters (``code``, ``redirect_uri``, ``code_verifier``;
+        ``device_code``); the client id and secret are added as for a refresh. ``secrets`` are
+        values to keep out of the outcome (the client secret always is).
+        """
+        request = build_grant_request(self._settings, grant_type, params)
+        reply = self._send(request)
+        if isinstance(reply, TransientFailure):
+            return reply
+        return self._classify_grant(reply, secrets)
+
+    def post_form(self, url: str, params: Mapping[str, str]) -> Reply | TransientFailure:
+        """
+        POST ``params`` with the client's authentication to another endpoint of the provider
+        (the RFC 8628 device authorization endpoint); the capped reply, unclassified, or a
+        ``TransientFailure`` for a network failure or the deadline.
+        """
+        return self._send(build_form_request(self._settings, url, params))
+
+    def _send(self, request: PreparedRequest) -> Reply | TransientFailure:
+        return send(request, client=self._client, timeout=self._timeout, cap=self._cap)
 
     def revoke(self, credentials: Credentials) -> bool:
         """Revoke the credential (RFC 7009), best effort: True on a 2xx, False otherwise."""
@@ -700,20 +929,37 @@ class OAuthTokenEndpoint:
         if credentials.refresh_token is None:
             return PermanentFailure(code="no_refresh_token")
         request = build_refresh_request(self._settings, credentials.refresh_token)
-        try:
-            # Cancelling the exchange at the deadline closes its connection, wherever it was.
-            async with asyncio.timeout(self._timeout):
-                if client is not None:
-                    reply = await self._exchange_async(client, request)
-                else:
-                    async with httpx.AsyncClient(timeout=self._timeout) as own:
-                        reply = await self._exchange_async(own, request)
-        # Before OSError, of which the builtin TimeoutError is a subclass.
-        except TimeoutError:
-            return TransientFailure(reason=DEADLINE_REASON)
-        except (httpx.RequestError, OSError) as exc:
-            return _network_failure(exc)
+        reply = await self._send_async(request, client)
+        if isinstance(reply, TransientFailure):
+            return reply
         return self._classify(reply, credentials)
+
+    async def request_token_async(
+        self,
+        grant_type: str,
+        params: Mapping[str, str],
+        *,
+        secrets: Iterable[str] = (),
+        client: httpx.AsyncClient | None = None,
+    ) -> RefreshOutcome:
+        """:meth:`request_token` on ``client``, or on a short-lived ``AsyncClient`` when None."""
+        request = build_grant_request(self._settings, grant_type, params)
+        reply = await self._send_async(request, client)
+        if isinstance(reply, TransientFailure):
+            return reply
+        return self._classify_grant(reply, secrets)
+
+    async def post_form_async(
+        self, url: str, params: Mapping[str, str], *, client: httpx.AsyncClient | None = None
+    ) -> Reply | TransientFailure:
+        """:meth:`post_form` on ``client``, or on a short-lived ``AsyncClient`` when None."""
+        request = build_form_request(self._settings, url, params)
+        return await self._send_async(request, client)
+
+    async def _send_async(
+        self, request: PreparedRequest, client: httpx.AsyncClient | None
+    ) -> Reply | TransientFailure:
+        return await send_async(request, client=client, timeout=self._timeout, cap=self._cap)
 
     async def revoke_async(
         self, credentials: Credentials, *, client: httpx.AsyncClient | None = None
@@ -731,53 +977,14 @@ class OAuthTokenEndpoint:
         except (TimeoutError, httpx.HTTPError, OSError):
             return False
 
-    # -- the byte-moving loops; everything else is shared ---------------------------------------
-
-    def _send_args(self, request: PreparedRequest, trace: Trace | None = None) -> dict[str, Any]:
-        return {
-            "method": "POST",
-            "url": request.url,
-            "headers": request.headers,
-            "content": request.content,
-            "timeout": self._timeout,
-            "follow_redirects": False,
-            "extensions": {} if trace is None else {"trace": trace},
-        }
-
-    def _body_for(self, response: httpx.Response) -> CappedBody:
-        body = CappedBody(self._cap, response.headers.get("content-encoding"))
-        body.declare_length(response.headers.get("content-length"))
-        return body
-
-    def _exchange(self, client: httpx.Client, request: PreparedRequest, trace: Trace) -> Reply:
-        # Stops the worker of a connection the watchdog could not see (one reused from a pool).
-        deadline = time.monotonic() + self._timeout
-        with client.stream(**self._send_args(request, trace)) as response:
-            body = self._body_for(response)
-            if not body.done:
-                for chunk in response.iter_raw():
-                    body.feed(chunk)
-                    if body.done:
-                        break
-                    _check_body_deadline(deadline)
-            return body.reply(response.status_code, response.headers.get("retry-after"))
-
-    async def _exchange_async(self, client: httpx.AsyncClient, request: PreparedRequest) -> Reply:
-        async with client.stream(**self._send_args(request)) as response:
-            body = self._body_for(response)
-            if not body.done:
-                async for chunk in response.aiter_raw():
-                    body.feed(chunk)
-                    if body.done:
-                        break
-            return body.reply(response.status_code, response.headers.get("retry-after"))
+    # -- revoke and classification -------------------------------------------------------------
 
     def _revoke_on(self, client: httpx.Client, request: PreparedRequest, trace: Trace) -> bool:
-        with client.stream(**self._send_args(request, trace)) as response:
+        with client.stream(**_send_args(request, self._timeout, trace)) as response:
             return response.is_success
 
     async def _revoke_on_async(self, client: httpx.AsyncClient, request: PreparedRequest) -> bool:
-        async with client.stream(**self._send_args(request)) as response:
+        async with client.stream(**_send_args(request, self._timeout)) as response:
             return response.is_success
 
     def _classify(self, reply: Reply, credentials: Credentials) -> RefreshOutcome:
@@ -787,4 +994,9 @@ class OAuthTokenEndpoint:
             client_secret=self._settings.client_secret,
             permanent_codes=self._permanent_codes,
             now=datetime.now(UTC),
+        )
+
+    def _classify_grant(self, reply: Reply, secrets: Iterable[str]) -> RefreshOutcome:
+        return classify_grant(
+            reply, secrets=(*secrets, self._settings.client_secret), now=datetime.now(UTC)
         )

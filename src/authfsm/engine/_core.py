@@ -92,13 +92,16 @@ def minted(
     of the known ids, is dropped, so a refresh can never erase who the credential belongs to.
     """
     issued = datetime.fromtimestamp(now, UTC)
+    id_token = _kept_id_token(reference, answer.id_token, claims)
+    kept = id_token == reference.id_token
     return attrs.evolve(
         reference,
         access_token=answer.access_token,
         refresh_token=answer.refresh_token or reference.refresh_token,
-        id_token=_kept_id_token(reference, answer.id_token, claims),
+        id_token=id_token,
         expires_at=_expiry(issued, answer.expires_in),
         last_refresh=issued,
+        identity_verified=reference.identity_verified if kept else answer.id_token_verified,
     )
 
 

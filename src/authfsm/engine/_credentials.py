@@ -123,6 +123,15 @@ class Credentials:
         account_id: the account/workspace/tenant the credential belongs to, if known.
         last_refresh: when the credential was last minted or refreshed (timezone-aware).
         kind: OAuth or API key; its string value (``"oauth"``, ``"api_key"``) is converted.
+        issuer: the OpenID provider (or authorization server) that issued it, if known.
+        client_id: the OAuth client it was issued to, if known: with ``issuer``, what a
+            process that only has the store needs to refresh it (``authfsm token``).
+        identity_verified: the id_token's signature and claims were verified against the
+            issuer's published keys when it was obtained (``authfsm.login``); False when the
+            identity comes from unverified claims (or there is no id_token).
+
+    ``issuer``, ``client_id`` and ``identity_verified`` describe the credential; they are not
+    part of its :attr:`fingerprint`.
 
     Every token must pass :func:`token_problem` (non-empty, not only whitespace, no control
     characters); anything else raises :class:`~authfsm.InvalidCredentials`, whose message never
@@ -136,6 +145,11 @@ class Credentials:
     account_id: str | None = attrs.field(default=None, validator=_optional_str)
     last_refresh: datetime | None = attrs.field(default=None, validator=_aware)
     kind: Kind = attrs.field(default=Kind.OAUTH, converter=_kind)
+    issuer: str | None = attrs.field(default=None, validator=_optional_str)
+    client_id: str | None = attrs.field(default=None, validator=_optional_str)
+    identity_verified: bool = attrs.field(
+        default=False, validator=attrs.validators.instance_of(bool)
+    )
 
     @classmethod
     def api_key(cls, key: str) -> Credentials:

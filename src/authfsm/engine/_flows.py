@@ -866,6 +866,8 @@ class EngineCore:
             method=cred.kind.value,
             token=cred.access_token if show else None,
             identity=identity_of(cred, self.policy.identity),
+            issuer=cred.issuer,
+            identity_verified=cred.identity_verified and cred.id_token is not None,
             fingerprint=cred.fingerprint,
             expires_at=cred.expires_at,
             refresh_at=_utc(self.due_at),

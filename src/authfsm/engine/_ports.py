@@ -100,12 +100,15 @@ class Refreshed:
     the engine a lifetime that overflows a datetime: a zero, negative, NaN, infinite or larger
     than :data:`MAX_EXPIRES_IN` value becomes None ("no expiry known": the engine then uses the
     new token's own ``exp``, or the refresh interval). A non-number raises ``TypeError``.
+    ``id_token_verified``: the endpoint checked the id_token's signature and claims against the
+    issuer's keys.
     """
 
     access_token: str = attrs.field(repr=False)
     refresh_token: str | None = attrs.field(default=None, repr=False)
     id_token: str | None = attrs.field(default=None, repr=False)
     expires_in: float | None = attrs.field(default=None, converter=_lifetime)
+    id_token_verified: bool = False
 
 
 @attrs.frozen(kw_only=True)

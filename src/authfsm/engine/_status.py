@@ -24,6 +24,9 @@ class AuthStatus:
         token: the access token (or API key), only when asked for and never while POISONED or
             LOGGED_OUT. Excluded from ``repr``.
         identity: the account and user the credential belongs to, as far as known.
+        issuer: the provider that issued the credential, if known.
+        identity_verified: the identity comes from an id_token whose signature and claims were
+            verified against the issuer's keys (False: from unverified claims, or unknown).
         fingerprint: a non-secret name of the credential.
         expires_at: when the access token expires, if known.
         refresh_at: when the engine will next refresh it, if ever.
@@ -41,6 +44,8 @@ class AuthStatus:
     method: str | None = None
     token: str | None = attrs.field(default=None, repr=False)
     identity: Identity = attrs.field(factory=Identity)
+    issuer: str | None = None
+    identity_verified: bool = False
     fingerprint: str | None = None
     expires_at: datetime | None = None
     refresh_at: datetime | None = None
@@ -60,6 +65,8 @@ class AuthStatus:
             "method": self.method,
             "account_id": self.identity.account_id,
             "user_id": self.identity.user_id,
+            "issuer": self.issuer,
+            "identity_verified": self.identity_verified,
             "fingerprint": self.fingerprint,
             "expires_at": iso(self.expires_at),
             "refresh_at": iso(self.refresh_at),

@@ -51,6 +51,8 @@ class Owner(Protocol):
         content_type: str | None,
         authorization: str | None,
         body: bytes,
+        *,
+        query: str = "",
     ) -> Reply: ...
 
     def _unreadable(self, path: str, method: str) -> Reply: ...
@@ -132,7 +134,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         owner = self.server.owner
-        path = urlsplit(self.path).path
+        # The query is handed over for endpoints that take it (``/authorize``), never logged.
+        target = urlsplit(self.path)
+        path = target.path
         try:
             body = _read_body(
                 self.rfile,
@@ -150,6 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.headers.get("Content-Type"),
                 self.headers.get("Authorization"),
                 body,
+                query=target.query,
             )
         if reply.delay > 0:
             time.sleep(reply.delay)

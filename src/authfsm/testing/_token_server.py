@@ -4,9 +4,10 @@ A strict OAuth token endpoint on 127.0.0.1: a test double for your own integrati
 :class:`TokenServer` owns a small in-memory identity provider served over real HTTP: token families
 (one per login), refresh-token rotation with reuse detection that revokes the whole family, RFC 7009
 revocation, a bearer-protected ``/resource``, and a FIFO of scripted failures (status codes,
-``Retry-After``, delays, dropped connections). Point a client at :attr:`TokenServer.token_url` to
-see how it behaves against a server that punishes a second use of a refresh token the way production
-identity providers do.
+``Retry-After``, delays, dropped connections). Its login side (discovery, ``/authorize`` with PKCE,
+the device flow, signed id_tokens and their JWK set) lives in :mod:`._login_endpoints`. Point a
+client at :attr:`TokenServer.token_url` to see how it behaves against a server that punishes a
+second use of a refresh token the way production identity providers do.
 
 It must never print, log or raise a token, and a malformed request must never stop the server: every
 bad input is answered ``400 invalid_request``.
@@ -18,25 +19,35 @@ import base64
 import binascii
 import collections
 import hmac
-import json
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_plus
 
 import attrs
 
 from ..engine._credentials import Credentials
 from ._http import LoopbackHTTPServer, MalformedRequestError, Reply, parse_params
+from ._login_endpoints import LOGIN_PATHS, LoginEndpoints
+from ._login_host import LoginOutcome
+from ._replies import ScriptedResponse
+from ._replies import dumps as _dumps
+from ._replies import error_reply as _error
+from ._replies import json_reply as _json_reply
+from ._replies import numeric as _numeric
+from ._replies import scripted_reply as _scripted_reply
+
+if TYPE_CHECKING:
+    from ._keys import SigningAlgorithm
 
 __all__ = ["SPARSE_FIELDS", "Call", "Outcome", "ScriptedResponse", "SparseField", "TokenServer"]
 
-#: What the server did with one request; see :class:`Call`.
-Outcome = Literal[
+# What the refresh side did with one request; the login side adds LoginOutcome.
+_RefreshOutcome = Literal[
     "rotated",
     "refreshed",
     "grace_reuse",
@@ -50,6 +61,8 @@ Outcome = Literal[
     "resource_denied",
     "bad_request",
 ]
+#: What the server did with one request; see :class:`Call`.
+Outcome = _RefreshOutcome | LoginOutcome
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105  (a URL path, not a password)
 REVOKE_PATH = "/oauth/revoke"
@@ -58,46 +71,6 @@ RESOURCE_PATH = "/resource"
 #: A field a refresh response may leave out; see :attr:`TokenServer.sparse`.
 SparseField = Literal["refresh_token", "id_token", "expires_in"]
 SPARSE_FIELDS: frozenset[str] = frozenset({"refresh_token", "id_token", "expires_in"})
-
-# Bodies are held in memory; a cap keeps a runaway client from exhausting the test process.
-
-
-def _freeze_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    return MappingProxyType(dict(headers))
-
-
-@attrs.frozen
-class ScriptedResponse:
-    """
-    One canned answer for the token endpoint, given instead of normal processing.
-
-    Attributes:
-        status: the HTTP status.
-        json: a JSON value to send as the body (``application/json``).
-        body: raw bytes to send as the body; at most one of ``json`` and ``body``. With neither,
-            the body is empty.
-        headers: extra response headers (``Retry-After``, ``Content-Type``, ...).
-        delay: seconds to wait before answering (or dropping), to trigger client timeouts.
-        drop: close the connection without answering at all.
-    """
-
-    status: int = attrs.field(default=503)
-    json: object | None = None
-    body: bytes | None = None
-    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_freeze_headers)
-    delay: float = 0.0
-    drop: bool = False
-
-    @status.validator
-    def _check_status(self, _attribute: attrs.Attribute[int], value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
-            raise ValueError(f"status must be an HTTP status code (100-599), not {value!r}")
-
-    def __attrs_post_init__(self) -> None:
-        if self.json is not None and self.body is not None:
-            raise ValueError("give a ScriptedResponse json or body, not both")
-        if self.delay < 0:
-            raise ValueError("delay must not be negative")
 
 
 @attrs.frozen(kw_only=True)
@@ -143,9 +116,12 @@ class _Family:
     access_expires_at: float = 0.0
     alive: bool = True
     spent: dict[str, _Spent] = attrs.field(factory=dict, repr=False)
+    # Families from issue(signed=True) and the login grants carry signed id_tokens.
+    signed: bool = False
+    auth_time: float | None = None
 
 
-class TokenServer:
+class TokenServer(LoginEndpoints):
     """
     A strict OAuth 2.0 token endpoint with refresh-token rotation, served on an ephemeral port.
 
@@ -168,6 +144,30 @@ class TokenServer:
       (and a JWT access token still says so in its ``exp``).
 
     :meth:`issue` (a login) always returns every field. ``sparse`` may be changed at any time.
+
+    Logging in over HTTP: the server is also an OpenID provider for one public client
+    (``client_id``), so a client written against the RFCs can log in unchanged:
+
+    - discovery at :attr:`openid_configuration_url` and :attr:`oauth_metadata_url`, with
+      :attr:`issuer` equal to :attr:`url`; :meth:`patch_discovery` serves a broken document;
+    - :attr:`authorize_url` approves at once as the :meth:`login_as` user and redirects to the
+      client's loopback ``redirect_uri`` with ``code``, ``state`` and ``iss``. It demands PKCE
+      with S256 and ``response_type=code``; :meth:`script_authorization` declines, or sends a
+      wrong ``state`` or ``iss``. A code lives ``authorization_code_ttl`` seconds and is spent
+      by its first exchange, good or bad; a second exchange revokes the family it started;
+    - the device flow (RFC 8628) at :attr:`device_authorization_url`, driven from the test with
+      :meth:`approve_device`, :meth:`deny_device` and :meth:`script_device`; polls are counted
+      (:attr:`device_polls`, :meth:`device_authorization`);
+    - both grants start a new token family, as :meth:`issue` does, whose id_tokens are signed
+      (``id_token_alg``, key generated when first needed) and verify against :attr:`jwks_url`;
+      the code grant's id_token carries the request's ``nonce``. :attr:`id_token_tamper` breaks
+      them on purpose. Access tokens stay unsigned.
+
+    Signed id_tokens need PyJWT (``pip install 'authfsm[login]'``); without it the refresh side
+    works as before and the login grants and the JWK set answer ``server_error``.
+
+    Every request is in :attr:`calls`, by path and outcome only: no code, ``state``, ``nonce``,
+    verifier or token is logged, shown in a repr or put in an error.
     """
 
     def __init__(
@@ -182,7 +182,21 @@ class TokenServer:
         clock: Callable[[], float] = time.time,
         latency: float = 0.0,
         sparse: Iterable[SparseField] = (),
+        id_token_alg: SigningAlgorithm = "ES256",  # noqa: S107  (an algorithm name)
+        authorization_code_ttl: float = 60.0,
+        device_code_ttl: float = 600.0,
+        device_interval: float | None = 5.0,
+        enforce_device_interval: bool = False,
     ) -> None:
+        """
+        Set the server up; nothing is bound until :meth:`start`.
+
+        The login settings (see the class docstring) are also attributes: ``id_token_alg``
+        (``"ES256"`` or ``"RS256"``) signs id_tokens; ``authorization_code_ttl`` is how long a
+        code can be exchanged; ``device_code_ttl`` is the device flow's ``expires_in``;
+        ``device_interval`` its ``interval`` (None leaves it out of the response); and
+        ``enforce_device_interval`` answers ``slow_down`` to a poll that comes too soon.
+        """
         if access_token_ttl <= 0:
             raise ValueError("access_token_ttl must be positive")
         if reuse_grace < 0:
@@ -209,6 +223,13 @@ class TokenServer:
         self._rotations = 0
         self._reuse_rejections = 0
         self._grace_reuses = 0
+        self._init_login(
+            id_token_alg=id_token_alg,
+            authorization_code_ttl=authorization_code_ttl,
+            device_code_ttl=device_code_ttl,
+            device_interval=device_interval,
+            enforce_device_interval=enforce_device_interval,
+        )
 
         self._httpd: LoopbackHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -315,17 +336,22 @@ class TokenServer:
         account_id: str | None = "acct-1",
         expires_in: float | None = None,
         codex_claims: bool = False,
+        signed: bool = False,
     ) -> Credentials:
         """
         Log a user in: start a new token family and return its credentials.
 
         ``expires_in`` overrides ``access_token_ttl`` for this first access token only; rotations
         use ``access_token_ttl``. ``codex_claims`` adds OpenAI's ``https://api.openai.com/auth``
-        claims to every id_token of the family.
+        claims to every id_token of the family. With ``signed`` every id_token of the family is
+        signed (verifiable at :attr:`jwks_url`, needs PyJWT) as after a login over HTTP;
+        without it they are unsigned (``alg: none``) JWTs, as they always were here.
         """
         with self._lock:
             now = self._clock()
-            family, response = self._login(user_id, account_id, expires_in, codex_claims, now)
+            family, response = self._login(
+                user_id, account_id, expires_in, codex_claims, now, signed=signed
+            )
             return Credentials(
                 access_token=family.access_token,
                 refresh_token=family.refresh_token,
@@ -342,11 +368,14 @@ class TokenServer:
         account_id: str | None = "acct-1",
         expires_in: float | None = None,
         codex_claims: bool = False,
+        signed: bool = False,
     ) -> dict[str, Any]:
         """Like :meth:`issue`, but the raw token response (plus ``account_id``) as a dict."""
         with self._lock:
             now = self._clock()
-            _family, response = self._login(user_id, account_id, expires_in, codex_claims, now)
+            _family, response = self._login(
+                user_id, account_id, expires_in, codex_claims, now, signed=signed
+            )
         issued = dict(response)
         if account_id is not None:
             issued["account_id"] = account_id
@@ -449,6 +478,7 @@ class TokenServer:
         with self._lock:
             self._token_calls = self._rotations = 0
             self._reuse_rejections = self._grace_reuses = 0
+            self._device_polls = 0
 
     def __repr__(self) -> str:
         url = None if self._httpd is None else self.url
@@ -467,7 +497,11 @@ class TokenServer:
         content_type: str | None,
         authorization: str | None,
         body: bytes,
+        *,
+        query: str = "",
     ) -> Reply:
+        if path in LOGIN_PATHS:
+            return self._handle_login(method, path, query, content_type, authorization, body)
         if path == TOKEN_PATH:
             if method != "POST":
                 return self._refuse(path, method, 405, "invalid_request", "use POST")
@@ -530,12 +564,16 @@ class TokenServer:
                     None, 400, "bad_request", "invalid_request", "grant_type is required"
                 )
             if grant_type != "refresh_token":
+                login = self._login_grant(grant_type, params)
+                if login is not None:
+                    return login
                 return self._token_refused(
                     grant_type,
                     400,
                     "unsupported_grant_type",
                     "unsupported_grant_type",
-                    "only grant_type=refresh_token is supported",
+                    "grant_type must be refresh_token, authorization_code or "
+                    "urn:ietf:params:oauth:grant-type:device_code",
                 )
             presented = params.get("refresh_token")
             if not presented:
@@ -688,26 +726,70 @@ class TokenServer:
         expires_in: float | None,
         codex_claims: bool,
         now: float,
+        *,
+        signed: bool = False,
+        nonce: str | None = None,
+        auth_time: float | None = None,
     ) -> tuple[_Family, dict[str, object]]:
         ttl = self.access_token_ttl if expires_in is None else expires_in
         if ttl <= 0:
             raise ValueError("expires_in must be positive")
+        if signed:
+            self._signing_keys()  # fail before the family exists when PyJWT is missing
         family = _Family(
             id=f"family-{len(self._families) + 1}",
             user_id=user_id,
             account_id=account_id,
             codex_claims=codex_claims,
+            signed=signed,
+            auth_time=auth_time,
         )
         self._families.append(family)
-        return family, self._mint(family, ttl, now)
+        return family, self._mint(family, ttl, now, nonce=nonce)
+
+    def _start_family(
+        self,
+        *,
+        user_id: str,
+        account_id: str | None,
+        codex_claims: bool,
+        now: float,
+        nonce: str | None,
+        auth_time: float,
+    ) -> tuple[str, dict[str, object]]:
+        """A family for a login over HTTP: signed id_tokens, the request's nonce in the first."""
+        family, response = self._login(
+            user_id,
+            account_id,
+            None,
+            codex_claims,
+            now,
+            signed=True,
+            nonce=nonce,
+            auth_time=auth_time,
+        )
+        return family.id, response
+
+    def _revoke_family(self, family_id: str) -> None:
+        for family in self._families:
+            if family.id == family_id:
+                family.alive = False
 
     def _mint(
-        self, family: _Family, ttl: float, now: float, *, rotate: bool = True
+        self,
+        family: _Family,
+        ttl: float,
+        now: float,
+        *,
+        rotate: bool = True,
+        nonce: str | None = None,
     ) -> dict[str, object]:
         """
         New access, refresh and id tokens for the family; they become its current ones.
 
         With ``rotate=False`` the family keeps its refresh token, which the response repeats.
+        ``nonce`` goes into the id_token of a login only: OpenID Connect Core §12.2 says a
+        refreshed id_token should not carry one.
         """
         exp = now + ttl
         if self.jwt_access_tokens:
@@ -730,6 +812,10 @@ class TokenServer:
             "iat": _numeric(now),
             "exp": _numeric(exp),
         }
+        if family.auth_time is not None:
+            id_claims["auth_time"] = _numeric(family.auth_time)
+        if nonce is not None:
+            id_claims["nonce"] = nonce
         if family.codex_claims:
             id_claims["https://api.openai.com/auth"] = {
                 "chatgpt_account_id": family.account_id,
@@ -744,7 +830,9 @@ class TokenServer:
             "token_type": "Bearer",
             "expires_in": _numeric(ttl),
             "refresh_token": refresh,
-            "id_token": _unsigned_jwt(id_claims),
+            "id_token": (
+                self._sign_id_token(id_claims) if family.signed else _unsigned_jwt(id_claims)
+            ),
         }
 
     def _family_of(self, credentials_or_token: Credentials | str) -> _Family | None:
@@ -784,46 +872,6 @@ class TokenServer:
         )
 
 
-def _scripted_reply(scripted: ScriptedResponse) -> Reply:
-    content_type = None
-    if scripted.json is not None:
-        body, content_type = _dumps(scripted.json), "application/json"
-    else:
-        body = scripted.body or b""
-        if body:
-            content_type = "application/octet-stream"
-    headers = tuple(scripted.headers.items())
-    if any(name.lower() == "content-type" for name, _ in headers):
-        content_type = None
-    return Reply(
-        status=scripted.status,
-        body=body,
-        content_type=content_type,
-        headers=headers,
-        delay=scripted.delay,
-        drop=scripted.drop,
-    )
-
-
-def _error(
-    status: int, error: str, description: str, headers: tuple[tuple[str, str], ...] = ()
-) -> Reply:
-    return Reply(
-        status=status,
-        body=_dumps({"error": error, "error_description": description}),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def _json_reply(status: int, value: Mapping[str, object]) -> Reply:
-    return Reply(status=status, body=_dumps(dict(value)), content_type="application/json")
-
-
-def _dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -832,11 +880,6 @@ def _unsigned_jwt(claims: Mapping[str, object]) -> str:
     header = _b64url(_dumps({"alg": "none", "typ": "JWT"}))
     # A non-empty signature keeps clients that insist on three non-empty parts happy.
     return f"{header}.{_b64url(_dumps(dict(claims)))}.sig"
-
-
-def _numeric(seconds: float) -> int | float:
-    """A JSON number for a time or duration: an integer when it is whole, as IdPs send them."""
-    return int(seconds) if float(seconds).is_integer() else seconds
 
 
 def _seconds_text(seconds: float) -> str:

@@ -91,6 +91,9 @@ def credential_to_json(cred: Credentials) -> dict[str, Any]:
         "expires_at": cred.expires_at.isoformat() if cred.expires_at else None,
         "account_id": cred.account_id,
         "last_refresh": cred.last_refresh.isoformat() if cred.last_refresh else None,
+        **({"issuer": cred.issuer} if cred.issuer else {}),
+        **({"client_id": cred.client_id} if cred.client_id else {}),
+        **({"identity_verified": True} if cred.identity_verified else {}),
     }
 
 
@@ -111,6 +114,9 @@ def credential_from_json(obj: Any) -> Credentials:
             expires_at=_time(obj, "expires_at"),
             account_id=_get(obj, "account_id", str, optional=True),
             last_refresh=_time(obj, "last_refresh"),
+            issuer=_get(obj, "issuer", str, optional=True),
+            client_id=_get(obj, "client_id", str, optional=True),
+            identity_verified=_get(obj, "identity_verified", bool, optional=True) or False,
         )
     except InvalidCredentials as error:
         raise CodecError(str(error)) from None

@@ -1,0 +1,5 @@
+"""``python -m authfsm.cli``."""
+
+from . import main
+
+raise SystemExit(main())
