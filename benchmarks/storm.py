@@ -29,10 +29,16 @@ configuration gets one unrecorded warm-up round; each round logs in a new token 
 rounds are independent. Start instants are wall-clock times shared by every process on this
 machine.
 
+With ``--encrypted`` the same run adds rows ``file+enc`` and ``redis+enc`` (authfsm only): the
+stores seal every record with ``EncryptedCodec`` (AES-256-GCM, a key the coordinator makes and
+hands the workers in ``AUTHFSM_STORM_KEYS``). Their rounds alternate with the plaintext rows' of
+the same N, so the cost of encryption in a storm is read off against rounds run under the same
+load.
+
 Usage::
 
     python benchmarks/storm.py [--rounds 5] [--latency 0.1] [--quick] [--no-gc-freeze]
-                               [--write-results]
+                               [--encrypted] [--write-results]
 
 Needs ``redis-server`` on PATH (``.ci/redis-deps`` installs it) and the ``redis`` extra.
 """
@@ -62,7 +68,15 @@ from typing import Any
 
 import httpx
 
-from authfsm.adapters import FileStore, NativeCodec, OAuthTokenEndpoint, RedisStore
+from authfsm.adapters import (
+    EncryptedCodec,
+    FileStore,
+    KeyRing,
+    NativeCodec,
+    OAuthTokenEndpoint,
+    RedisStore,
+    generate_key,
+)
 from authfsm.engine import Record
 from authfsm.testing import TokenServer
 
@@ -70,6 +84,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "STORM.md"
 SIZES = (1, 8, 32)
 STORES = ("file", "redis")
+KEYS_VARIABLE = "AUTHFSM_STORM_KEYS"
 CLIENTS = ("authfsm", "naive")
 LIFETIME = 1.0  # a credential issued for 1 s is due after 0.5 s (leeway capped at half)
 LEAD = 0.6  # seconds between issuing the stale credential and the start instant
@@ -107,8 +122,9 @@ _CLIENTS: dict[str, Any] = {}
 
 def _open(spec: dict[str, Any]) -> FileStore | RedisStore:
     """The store a command names. Redis connections are kept per process, as a service would."""
+    codec = EncryptedCodec(KeyRing.from_env(KEYS_VARIABLE)) if spec.get("encrypted") else None
     if spec["kind"] == "file":
-        return FileStore(spec["path"])
+        return FileStore(spec["path"], codec=codec)
     client = _CLIENTS.get(spec["url"])
     if client is None:
         import redis
@@ -120,7 +136,7 @@ def _open(spec: dict[str, Any]) -> FileStore | RedisStore:
             spec["url"], socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
         )
         _CLIENTS[spec["url"]] = client
-    return RedisStore(client=client, key=spec["key"])
+    return RedisStore(client=client, key=spec["key"], codec=codec)
 
 
 def worker(*, freeze: bool) -> None:
@@ -309,10 +325,12 @@ def one_round(
     fleet: Fleet, idp: TokenServer, http: httpx.Client, store: str, n: int, client: str,
     url: str, folder: Path, serial: int, row: Row,
 ) -> None:  # fmt: skip
-    if store == "file":
+    kind, _, sealed = store.partition("+")
+    if kind == "file":
         spec: dict[str, Any] = {"kind": "file", "path": str(folder / f"auth-{serial}.json")}
     else:
         spec = {"kind": "redis", "url": url, "key": f"storm-{serial}"}
+    spec["encrypted"] = bool(sealed)
     target = _open(spec)
     creds = idp.issue(expires_in=LIFETIME)
     target.write(Record(credential=creds), None)
@@ -400,12 +418,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="leave the workers' garbage collector as it is (see worker())",
     )
+    parser.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="add rows for encrypted stores (EncryptedCodec, AES-256-GCM), authfsm only",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(freeze=not args.no_gc_freeze)
         return 0
     rounds = 2 if args.quick else args.rounds
+    if args.encrypted:
+        # The workers inherit it; a fresh random key per run, never written anywhere.
+        os.environ[KEYS_VARIABLE] = generate_key("storm")
 
     rows: list[Row] = []
     folder = Path(tempfile.mkdtemp(prefix="authfsm-storm-"))
@@ -420,17 +446,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             serial = 0
             for store in STORES:
                 for n in SIZES:
-                    for client in CLIENTS:
-                        row = Row(store, n, client)
-                        # One unrecorded round first: connections made, code paths warm.
+                    variants = [(store, client) for client in CLIENTS]
+                    if args.encrypted:
+                        # The naive client writes plaintext: it has no encrypted row.
+                        variants.insert(1, (store + "+enc", "authfsm"))
+                    group = [Row(kind, n, client) for kind, client in variants]
+                    # One unrecorded round each first: connections made, code paths warm. Then
+                    # the variants take turns round by round, so load on the machine hits all.
+                    for kind, client in variants:
                         serial += 1
-                        warm = Row(store, n, client)
-                        one_round(fleet, idp, http, store, n, client, url, folder, serial, warm)
-                        for _ in range(rounds):
+                        warm = Row(kind, n, client)
+                        one_round(fleet, idp, http, kind, n, client, url, folder, serial, warm)
+                    for _ in range(rounds):
+                        for (kind, client), row in zip(variants, group, strict=True):
                             serial += 1
-                            one_round(fleet, idp, http, store, n, client, url, folder, serial, row)
-                        rows.append(row)
-                        print(f"{store:5} N={n:<2} {client:7} done", file=sys.stderr)
+                            one_round(fleet, idp, http, kind, n, client, url, folder, serial, row)
+                    rows.extend(group)
+                    print(f"{store:5} N={n:<2} done", file=sys.stderr)
     finally:
         fleet.close()
         shutil.rmtree(folder, ignore_errors=True)
@@ -478,7 +510,8 @@ def results_page(text: str, args: argparse.Namespace, rounds: int) -> str:
             "# Storm benchmark results",
             "",
             f"Written by `python benchmarks/storm.py --write-results` (rounds {rounds}, "
-            f"latency {args.latency:g} s{', --no-gc-freeze' if args.no_gc_freeze else ''}); "
+            f"latency {args.latency:g} s{', --no-gc-freeze' if args.no_gc_freeze else ''}"
+            f"{', --encrypted' if args.encrypted else ''}); "
             "see the module docstring for what is measured.",
             "",
             text,

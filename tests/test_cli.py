@@ -15,7 +15,7 @@ import pytest
 from authfsm.adapters import FileStore
 from authfsm.testing import TokenServer
 
-COMMANDS = ("demo", "status", "login", "logout", "refresh", "token", "diagram")
+COMMANDS = ("demo", "status", "login", "logout", "refresh", "token", "rotate-key", "diagram")
 CLIENT = "cli-test"
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from ..engine import AuthError, InvalidCredentials, ReauthRequired, StorageCorrupt
+from ..engine import AuthError, EngineMisuse, InvalidCredentials, ReauthRequired, StorageCorrupt
 from ._common import EPILOG, EXIT_OK, EXIT_REAUTH, EXIT_TRANSIENT, EXIT_USAGE, UsageError
 from ._parser import build_parser
 
@@ -36,9 +36,23 @@ def _exit_code(error: AuthError) -> int:
     if error.reason == "not_refreshable":
         # Raised as RefreshFailed, but waiting will not help: only a new login can.
         return EXIT_REAUTH
-    if isinstance(error, InvalidCredentials):
+    if isinstance(error, InvalidCredentials | EngineMisuse):
         return EXIT_USAGE
+    if type(error).__module__.startswith("authfsm.login"):
+        return _login_exit_code(error)
     return EXIT_TRANSIENT
+
+
+def _login_exit_code(error: AuthError) -> int:
+    # authfsm.login needs an optional extra: its errors are told apart without importing it.
+    if isinstance(error, TimeoutError | ConnectionError):
+        return EXIT_TRANSIENT  # the deadline passed, the provider was unreachable or failing
+    if type(error).__name__ == "DiscoveryError":
+        # The provider could not be reached (try again), or cannot be used as given.
+        return EXIT_TRANSIENT if error.reason == "unreachable" else EXIT_USAGE
+    if isinstance(error, OSError):
+        return EXIT_USAGE  # every redirect port busy
+    return EXIT_REAUTH  # the login did not happen: denied, cancelled, or a check failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,10 +31,12 @@ EPILOG: Final = """\
 exit codes:
   0  success
   1  re-login required: logged out, the credential failed for good (poisoned), the store holds
-     another account's credential, or the store file is corrupt (fix or remove it, log in again)
-  2  usage error: bad arguments, an unreadable tokens file, a missing tool (Graphviz's dot)
+     another account's credential, or the store file is corrupt (fix or remove it, log in
+     again); or a login did not happen (denied, cancelled, the code expired, a check failed)
+  2  usage error: bad arguments, an unreadable tokens file, a missing tool (Graphviz's dot), a
+     provider that cannot be used (discovery failed), every redirect port busy
   3  transient failure: network, timeout, 5xx/429, backing off, lease busy, store unreachable;
-     the old token stays in use, try again later
+     the old token stays in use, try again later (a login that timed out, too)
 
 Tokens are never printed unless asked (status --show-token). Client secrets are read from an
 environment variable (--client-secret-env), never from the command line.
@@ -72,7 +74,9 @@ def _span(seconds: float) -> str:
 
 
 def status_dict(status: AuthStatus, store: FileStore) -> dict[str, Any]:
-    data = {"store": store.location, **status.to_dict()}
+    from ._key_command import encryption_fields  # the key options live there
+
+    data = {"store": store.location, **status.to_dict(), **encryption_fields(store)}
     refresh_at = status.refresh_at
     data["due"] = refresh_at is not None and refresh_at <= datetime.now(UTC)
     return data
@@ -89,6 +93,12 @@ def print_status(data: dict[str, Any], out: TextIO) -> None:
         ("issuer", data["issuer"] or "-"),
         ("identity", _identity_note(data)),
         ("fingerprint", data["fingerprint"] or "-"),
+        (
+            "encrypted",
+            f"yes (key {data['key_id']})"
+            if data["key_id"]
+            else ("yes (on the next write)" if data["encrypted"] else "no"),
+        ),
         ("expires", when(data["expires_at"], now)),
         ("refresh at", when(data["refresh_at"], now) + (" (due)" if data["due"] else "")),
         ("retry at", when(data["retry_at"], now)),
@@ -114,7 +124,7 @@ def needs_login(status: AuthStatus) -> bool:
     return status.requires_login or status.state in (State.LOGGED_OUT, State.POISONED)
 
 
-def _client_secret(args: argparse.Namespace) -> str | None:
+def client_secret(args: argparse.Namespace) -> str | None:
     name = getattr(args, "client_secret_env", None)
     if not name:
         return None
@@ -148,7 +158,7 @@ def make_endpoint(
         return OAuthTokenEndpoint(
             token_url,
             args.client_id,
-            client_secret=_client_secret(args),
+            client_secret=client_secret(args),
             revoke_url=revoke_url or getattr(args, "revoke_url", None),
             timeout=args.timeout,
         )

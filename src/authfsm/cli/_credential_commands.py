@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..adapters import FileStore
 from ..engine import AuthEngine, Credentials, InvalidCredentials
 from ..states import State
 from ._common import (
@@ -25,11 +24,12 @@ from ._common import (
     status_dict,
     when,
 )
+from ._key_command import open_store
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     """Show what the store holds, as an engine sharing it sees it."""
-    store = FileStore(args.store)
+    store = open_store(args)
     engine = AuthEngine(store)
     status = engine.status(include_token=args.show_token)
     data = status_dict(status, store)
@@ -119,11 +119,19 @@ def _read_tokens(source: str) -> object:
 
 
 def cmd_login(args: argparse.Namespace, out: TextIO) -> int:
-    """Store a credential from a token response for every process sharing the store."""
+    """Store a credential (from a token response, or a login at a provider) for every process."""
+    if args.issuer:
+        if args.from_file:
+            raise UsageError("give either --issuer or --from-file, not both")
+        from ._login_command import cmd_issuer_login
+
+        return cmd_issuer_login(args, out)
+    if not args.from_file:
+        raise UsageError("give --issuer URL (with --client-id) or --from-file FILE")
     credentials = credentials_from_token_response(
         _read_tokens(args.from_file), datetime.now(UTC).timestamp()
     )
-    store = FileStore(args.store)
+    store = open_store(args)
     engine = AuthEngine(store)
     engine.login(credentials)
     data = status_dict(engine.status(), store)
@@ -144,7 +152,7 @@ def cmd_login(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_logout(args: argparse.Namespace, out: TextIO) -> int:
     """Remove the credential from the store (every sharing process sees it), optionally revoke."""
-    store = FileStore(args.store)
+    store = open_store(args)
     recorder: RecordingEndpoint | None = None
     if args.revoke:
         if not args.revoke_url or not args.client_id:
@@ -180,7 +188,7 @@ def cmd_logout(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_refresh(args: argparse.Namespace, out: TextIO) -> int:
     """Refresh now (guarded: adopts instead if another process already rotated)."""
-    store = FileStore(args.store)
+    store = open_store(args)
     engine = AuthEngine(store, make_endpoint(args, args.token_url))
     before = engine.credentials.fingerprint if engine.credentials else None
     engine.refresh()

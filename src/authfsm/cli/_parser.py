@@ -11,6 +11,14 @@ from ._common import EPILOG, add_client, add_json, add_store, bounded
 from ._credential_commands import cmd_login, cmd_logout, cmd_refresh, cmd_status
 from ._demo_command import DEMO_DETAILS, cmd_demo
 from ._diagram_command import cmd_diagram
+from ._key_command import (
+    ROTATE_KEY_DETAILS,
+    ROTATE_KEY_SUMMARY,
+    add_key_arguments,
+    add_rotate_key_arguments,
+    cmd_rotate_key,
+)
+from ._login_command import LOGIN_DETAILS, add_issuer_arguments
 from ._token_command import HELPER_USAGE, add_token_arguments, cmd_token
 
 
@@ -68,18 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = command("status", "Show the state of the stored credential.", cmd_status)
     add_store(status)
+    add_key_arguments(status)
     status.add_argument(
         "--show-token", action="store_true", help="also print the access token (a secret)"
     )
     add_json(status)
 
     login = command(
-        "login", "Store a credential from a token response (JSON) for every process.", cmd_login
+        "login",
+        "Log in at an OpenID provider (browser or device code), or store a token response "
+        "(JSON), for every process sharing the store.",
+        cmd_login,
+        LOGIN_DETAILS,
     )
     add_store(login)
+    add_key_arguments(login)
+    add_issuer_arguments(login)
+    add_client(login, required=False)
     login.add_argument(
         "--from-file",
-        required=True,
         metavar="FILE",
         help="JSON with access_token, refresh_token, id_token, expires_in or expires_at, "
         "account_id ('-' reads standard input)",
@@ -90,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "logout", "Remove the credential from the store; optionally revoke it.", cmd_logout
     )
     add_store(logout)
+    add_key_arguments(logout)
     logout.add_argument(
         "--revoke", action="store_true", help="also revoke the refresh token (RFC 7009)"
     )
@@ -104,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_refresh,
     )
     add_store(refresh)
+    add_key_arguments(refresh)
     refresh.add_argument("--token-url", required=True, metavar="URL", help="the token endpoint")
     add_client(refresh, required=True)
     add_json(refresh)
@@ -116,8 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         HELPER_USAGE,
     )
     add_store(token)
+    add_key_arguments(token)
     add_token_arguments(token)
     add_client(token, required=False)
+
+    rotate = command("rotate-key", ROTATE_KEY_SUMMARY, cmd_rotate_key, ROTATE_KEY_DETAILS)
+    add_rotate_key_arguments(rotate)
 
     diagram = command(
         "diagram",

@@ -14,9 +14,10 @@ import sys
 from datetime import UTC, datetime
 from typing import Final, TextIO
 
-from ..adapters import FileStore, OAuthTokenEndpoint
+from ..adapters import OAuthTokenEndpoint
 from ..engine import AuthEngine, Credentials, RefreshFailed
 from ._common import EXIT_OK, UsageError, make_endpoint, print_json
+from ._key_command import open_store
 
 HELPER_USAGE: Final = """\
 examples:
@@ -66,7 +67,7 @@ def _git_fields(source: TextIO) -> dict[str, str]:
 
 def cmd_token(args: argparse.Namespace, out: TextIO) -> int:
     """Print a usable access token (refreshed through the engine when due)."""
-    store = FileStore(args.store)
+    store = open_store(args)
     stored = store.read()
     endpoint = resolve_endpoint(args, stored.credential if stored is not None else None)
     engine = AuthEngine(store, endpoint)
@@ -133,4 +134,3 @@ def add_token_arguments(parser: argparse.ArgumentParser) -> None:
         default="get",
         help="git's credential-helper action (git passes it); erase recovers from a rejection",
     )
-

@@ -38,6 +38,9 @@ from ._record import Record
 from ._status import AuthStatus
 
 if TYPE_CHECKING:
+    from ..login import LoginResult
+    from ..login._engine import IssuerSetup
+    from ..login._result import IdentityCheck
     from ._httpx_auth import AsyncEngineAuth
 
 __all__ = ["AsyncAuthEngine", "BlockingStoreInLoop"]
@@ -109,6 +112,7 @@ class AsyncAuthEngine:
         )
         self._endpoint = endpoint
         self._clock = clock
+        self._issuer: IssuerSetup | None = None
         self._flight = asyncio.Lock()
         self._started = False
         # The event loop the engine's lock and tasks belong to, and how many operations run.
@@ -142,6 +146,75 @@ class AsyncAuthEngine:
         async with engine._flight:
             await engine._start()
         return engine
+
+    @classmethod
+    async def from_issuer(
+        cls,
+        issuer: str,
+        *,
+        client_id: str,
+        store: AsyncStore | Store,
+        client_secret: str | None = None,
+        scope: str = "openid offline_access",
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.time,
+        logger: Any = None,
+        timeout: float = 10.0,
+        identity_check: IdentityCheck = "verify",
+    ) -> AsyncAuthEngine:
+        """See ``AuthEngine.from_issuer``: discovery with asyncio, then the store read once."""
+        from ..login._engine import issuer_setup_async
+
+        setup = await issuer_setup_async(
+            issuer,
+            client_id=client_id,
+            client_secret=client_secret,
+            scope=scope,
+            timeout=timeout,
+            identity_check=identity_check,
+            clock=clock,
+            logger=logger,
+        )
+        engine = await cls.open(store, setup.endpoint, policy, clock=clock, logger=logger)
+        engine._issuer = setup
+        return engine
+
+    async def login_browser(self, *, revoke_previous: bool = False, **options: Any) -> LoginResult:
+        """See ``AuthEngine.login_browser``; waits for the redirect without blocking the loop."""
+        from ..login import browser_login_async
+
+        setup = self._issuer_setup()
+        result = await browser_login_async(setup.metadata, **{**setup.login_options(), **options})
+        await self._land(result, setup, revoke_previous=revoke_previous)
+        return result
+
+    async def login_device(self, *, revoke_previous: bool = False, **options: Any) -> LoginResult:
+        """See ``AuthEngine.login_device``; polls with ``asyncio.sleep``."""
+        from ..login import device_login_async
+
+        setup = self._issuer_setup()
+        result = await device_login_async(setup.metadata, **{**setup.login_options(), **options})
+        await self._land(result, setup, revoke_previous=revoke_previous)
+        return result
+
+    def _issuer_setup(self) -> IssuerSetup:
+        if self._issuer is None:
+            raise EngineMisuse(
+                "This engine does not know its provider; build it with "
+                "await AsyncAuthEngine.from_issuer()."
+            )
+        return self._issuer
+
+    async def _land(
+        self, result: LoginResult, setup: IssuerSetup, *, revoke_previous: bool
+    ) -> None:
+        from ..login._engine import stamped, superseded
+
+        credentials = stamped(result, setup)
+        replaced = await self._run(lambda core: core.login(credentials))
+        old = superseded(replaced, credentials)
+        if revoke_previous and old is not None:
+            await setup.endpoint.revoke_async(old)
 
     @property
     def state(self) -> State:

@@ -279,12 +279,14 @@ class EngineCore:
                 self.retry_at = -math.inf
         return self.snapshot(include_token)
 
-    def login(self, credentials: Credentials) -> Flow[None]:
+    def login(self, credentials: Credentials) -> Flow[Credentials | None]:
+        """Store ``credentials`` under the lease; returns the credential it replaced, if any."""
         if not isinstance(credentials, Credentials):
             raise InvalidCredentials("login() takes a Credentials value")
         yield AcquireLease(self._lease_timeout())
         try:
             record = yield READ
+            replaced = record.credential if record is not None else None
             yield WriteStore(
                 Record(credential=credentials), record.revision if record is not None else None
             )
@@ -301,6 +303,7 @@ class EngineCore:
         self.unsaved = None
         self.lifecycle.fire("login", facts)
         self._take(credentials)
+        return replaced
 
     def logout(self, *, revoke: bool) -> Flow[bool]:
         revoked: list[bool] = []

@@ -17,6 +17,7 @@ from ..states import State
 from ._checks import check_endpoint, check_policy, check_store
 from ._credentials import Credentials
 from ._effects import Flow, drive
+from ._errors import EngineMisuse
 from ._events import EventLog
 from ._flows import EngineCore
 from ._policy import Policy
@@ -24,6 +25,9 @@ from ._ports import Store, TokenEndpoint
 from ._status import AuthStatus
 
 if TYPE_CHECKING:
+    from ..login import LoginResult
+    from ..login._engine import IssuerSetup
+    from ..login._result import IdentityCheck
     from ._httpx_auth import EngineAuth
 
 __all__ = ["AuthEngine"]
@@ -63,6 +67,7 @@ class AuthEngine:
         self._store = store
         self._endpoint = endpoint
         self._clock = clock
+        self._issuer: IssuerSetup | None = None
         self._flight = threading.RLock()
         self.hot_until = -math.inf
         self.hot_token = ""
@@ -74,6 +79,45 @@ class AuthEngine:
             hot=self,
         )
         self._run(self._core.start())
+
+    @classmethod
+    def from_issuer(
+        cls,
+        issuer: str,
+        *,
+        client_id: str,
+        store: Store,
+        client_secret: str | None = None,
+        scope: str = "openid offline_access",
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.time,
+        logger: Any = None,
+        timeout: float = 10.0,
+        identity_check: IdentityCheck = "verify",
+    ) -> AuthEngine:
+        """
+        An engine for the provider at ``issuer``, found by discovery (cached per process).
+
+        The token and revocation endpoints come from the provider's metadata; id_tokens in
+        refresh replies are verified against its keys (one that fails is dropped, the rotation
+        kept). Log in with :meth:`login_browser` or :meth:`login_device`. Needs
+        ``authfsm[login]``; raises ``DiscoveryError`` for a provider that cannot be used.
+        """
+        from ..login._engine import issuer_setup
+
+        setup = issuer_setup(
+            issuer,
+            client_id=client_id,
+            client_secret=client_secret,
+            scope=scope,
+            timeout=timeout,
+            identity_check=identity_check,
+            clock=clock,
+            logger=logger,
+        )
+        engine = cls(store, setup.endpoint, policy, clock=clock, logger=logger)
+        engine._issuer = setup
+        return engine
 
     @property
     def state(self) -> State:
@@ -139,6 +183,52 @@ class AuthEngine:
     def login(self, credentials: Credentials) -> None:
         """Store ``credentials`` for every engine sharing the store and use them; clears poison."""
         self._run(self._core.login(credentials))
+
+    def login_browser(self, *, revoke_previous: bool = False, **options: Any) -> LoginResult:
+        """
+        Log in through the browser (authorization code + PKCE, loopback redirect) and store the
+        result for every engine sharing the store, like :meth:`login`.
+
+        ``options`` go to :func:`authfsm.login.browser_login` (``ports``, ``open_browser``,
+        ``timeout``, ``opener``, ``stream``, ``scope``, ...). With ``revoke_previous`` the refresh
+        token the login replaced is revoked at the server (best effort). Only for engines made
+        with :meth:`from_issuer`.
+        """
+        from ..login import browser_login
+
+        setup = self._issuer_setup()
+        result = browser_login(setup.metadata, **{**setup.login_options(), **options})
+        self._land(result, setup, revoke_previous=revoke_previous)
+        return result
+
+    def login_device(self, *, revoke_previous: bool = False, **options: Any) -> LoginResult:
+        """
+        Log in with the device authorization grant (RFC 8628) and store the result like
+        :meth:`login_browser`. ``options`` go to :func:`authfsm.login.device_login`
+        (``on_prompt``, ``stream``, ``timeout``, ...).
+        """
+        from ..login import device_login
+
+        setup = self._issuer_setup()
+        result = device_login(setup.metadata, **{**setup.login_options(), **options})
+        self._land(result, setup, revoke_previous=revoke_previous)
+        return result
+
+    def _issuer_setup(self) -> IssuerSetup:
+        if self._issuer is None:
+            raise EngineMisuse(
+                "This engine does not know its provider; build it with AuthEngine.from_issuer()."
+            )
+        return self._issuer
+
+    def _land(self, result: LoginResult, setup: IssuerSetup, *, revoke_previous: bool) -> None:
+        from ..login._engine import stamped, superseded
+
+        credentials = stamped(result, setup)
+        replaced = self._run(self._core.login(credentials))
+        old = superseded(replaced, credentials)
+        if revoke_previous and old is not None:
+            setup.endpoint.revoke(old)
 
     def logout(self, *, revoke: bool = False) -> bool:
         """

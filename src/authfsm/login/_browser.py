@@ -126,6 +126,10 @@ def authorization_url(
     """
     The authorization request (RFC 6749 §4.1.1 with RFC 7636 S256 and the OpenID ``nonce``)
     as a URL for the browser. It carries ``state`` and the challenge: never log it.
+
+    Asking for ``offline_access`` (a refresh token) adds ``prompt=consent``, as OpenID Connect
+    Core §11 requires of such requests (providers such as oidc-provider otherwise issue no
+    refresh token); ``extra_params`` may set another ``prompt``.
     """
     endpoint = require_endpoint(metadata, "authorization_endpoint")
     params = {
@@ -139,6 +143,8 @@ def authorization_url(
     }
     if nonce is not None:
         params["nonce"] = nonce
+    if "offline_access" in scope.split():
+        params["prompt"] = "consent"
     params.update(extra_params or {})
     separator = "&" if "?" in endpoint else "?"
     return endpoint + separator + urlencode(params, quote_via=quote)

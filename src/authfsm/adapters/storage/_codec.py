@@ -191,6 +191,8 @@ class NativeCodec:
         if not isinstance(doc, dict):
             raise CodecError(f"top level must be an object, not {type(doc).__name__}")
         if doc.get("format") != self.FORMAT:
+            if doc.get("format") == "authfsm-sealed/1":
+                raise CodecError("it is encrypted: open it with its key (EncryptedCodec)")
             raise CodecError(f"'format' must be {self.FORMAT!r}")
         revision = _get(doc, "revision", int, optional=False)
         if revision < 0:

@@ -25,7 +25,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import filelock
 
 from ...engine import LeaseTimeout, Record, StorageCorrupt, StorageUnavailable, WriteConflict
 from ._codec import Codec, CodecError, NativeCodec
+from ._encryption import bind_codec, is_encrypted
 
 __all__ = ["FileStore"]
 
@@ -136,6 +137,14 @@ def resolve_link(path: Path) -> Path:
         ) from None
 
 
+def _absolute(path: Path) -> str:
+    """``path`` made absolute with every symlink resolved (as far as possible)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # a loop among its parent folders
+        return os.path.abspath(path)
+
+
 class FileStore:
     """
     The credential record in a JSON file.
@@ -168,7 +177,13 @@ class FileStore:
         settle_time: float | None = None,
     ) -> None:
         self._path = resolve_link(Path(path).expanduser())
-        self._codec: Codec = codec if codec is not None else NativeCodec()
+        # An encrypting codec is bound to this file (its fully resolved path), once.
+        self._codec: Codec = bind_codec(
+            codec if codec is not None else NativeCodec(),
+            "file",
+            _absolute(self._path),
+            str(self._path),
+        )
         settle = getattr(self._codec, "settle_time", 0.0) if settle_time is None else settle_time
         if not isinstance(settle, int | float) or not 0 <= settle <= 60:
             raise ValueError(f"settle_time must be between 0 and 60 seconds, not {settle!r}")
@@ -190,6 +205,15 @@ class FileStore:
     @property
     def location(self) -> str:
         return str(self._path)
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether records are written encrypted (an ``EncryptedCodec`` that seals)."""
+        return is_encrypted(self._codec)
 
     def read(self) -> Record | None:
         return self._load()[1]
@@ -239,13 +263,35 @@ class FileStore:
 
     def write(self, record: Record, expected_revision: int | None) -> Record:
         """Compare-and-swap under the OS lock; the new file is on disk when this returns."""
+        return self._commit(
+            expected_revision,
+            lambda found, _current: attrs.evolve(record, revision=(found or 0) + 1),
+        )
+
+    def reseal(self, expected_revision: int) -> Record:
+        """
+        Write the stored record again as it is, revision included, in the codec's current form
+        (an ``EncryptedCodec`` seals it with its current key): what ``rotate_key`` does.
+        ``WriteConflict`` unless the file holds revision ``expected_revision``.
+        """
+
+        def same(found: int | None, current: Record | None) -> Record:
+            if current is None:
+                raise WriteConflict(self.location, expected_revision, found)
+            return current
+
+        return self._commit(expected_revision, same)
+
+    def _commit(
+        self, expected_revision: int | None, make: Callable[[int | None, Record | None], Record]
+    ) -> Record:
         with self._lease.guard(self._lock_timeout):
             # A corrupt file raises here: it is never overwritten.
             previous, current = self._load()
             found = current.revision if current is not None else None
             if found != expected_revision:
                 raise WriteConflict(self.location, expected_revision, found)
-            stored = attrs.evolve(record, revision=(found or 0) + 1)
+            stored = make(found, current)
             data = self._codec.encode(stored, previous=previous)
             try:
                 self._sweep_orphans()

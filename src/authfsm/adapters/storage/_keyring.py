@@ -3,8 +3,11 @@ A store in the OS secret service (Secret Service, KWallet, macOS Keychain, Windo
 Locker) through the ``keyring`` package.
 
 The record is one secret, the codec's text (native JSON by default), under a service name and a
-user name. A keyring offers neither a lock nor a compare-and-swap, so the lease is an OS lock on
-a lock file (``FileStore``'s :class:`LockFileLease`: the OS frees it when a holder dies; it is not
+user name; above ``max_secret_size`` (Windows Credential Manager's 2560 bytes by default on
+Windows) it is split into chunks with a manifest written last (:mod:`._chunked`).
+
+A keyring offers neither a lock nor a compare-and-swap, so the lease is an OS lock on a lock
+file (``FileStore``'s :class:`LockFileLease`: the OS frees it when a holder dies; it is not
 re-entrant, even for engines sharing one store object on one thread), and ``write()`` and
 ``delete()`` compare the revision while holding the OS lock. Every engine that shares the secret
 must therefore share the lock file too: same user, same ``lock_path``.
@@ -25,20 +28,33 @@ import hashlib
 import importlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 import attrs
 
 from ...engine import LeaseTimeout, Record, StorageCorrupt, StorageUnavailable, WriteConflict
+from ._chunked import ChunkedSecret, SecretTooLarge, TornSecret, default_max_size
 from ._codec import Codec, CodecError, NativeCodec
+from ._encryption import bind_codec, is_encrypted
 from ._file import LockFileLease
 
 __all__ = ["KeyringStore", "SecretBackend"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class _PlatformLimit:
+    """The default of ``max_secret_size``: the platform's (2560 bytes on Windows, else none)."""
+
+    def __repr__(self) -> str:
+        return "PLATFORM_LIMIT"
+
+
+#: ``max_secret_size``'s default: Windows Credential Manager's limit on Windows, none elsewhere.
+PLATFORM_LIMIT: Final = _PlatformLimit()
 
 
 @runtime_checkable
@@ -79,9 +95,14 @@ class KeyringStore:
         backend: a ``keyring.backend.KeyringBackend`` (or anything with its three methods);
             default: ``keyring.get_keyring()``, the backend ``keyring`` chose for this machine.
         lock_path: the lease's lock file (default: :func:`default_lock_path`).
-        codec: the secret's format (default: :class:`NativeCodec`).
+        codec: the secret's format (default: :class:`NativeCodec`); an ``EncryptedCodec`` is
+            bound to the service and user.
         lock_timeout: how long ``write()``, ``delete()`` and a confirming read wait for the lock.
         poll_interval: how often a waiting engine retries the OS lock, in seconds.
+        max_secret_size: the largest secret the backend takes, in bytes of UTF-16 (how Windows
+            Credential Manager counts: 2560, the default on Windows; None elsewhere: no limit).
+            A longer record is split into chunks under the same service, with a manifest
+            written last (see :mod:`._chunked`); every reader understands chunks.
 
     The lease is not re-entrant: while anyone holds it (another process, thread, store object,
     or an engine sharing this object on the same thread), ``lease()`` waits, then raises
@@ -98,6 +119,7 @@ class KeyringStore:
         codec: Codec | None = None,
         lock_timeout: float = 30.0,
         poll_interval: float = 0.002,
+        max_secret_size: int | _PlatformLimit | None = PLATFORM_LIMIT,
     ) -> None:
         for name, value in (("service", service), ("username", username)):
             if not isinstance(value, str) or not value:
@@ -105,7 +127,18 @@ class KeyringStore:
         self._service = service
         self._username = username
         self._backend = backend if backend is not None else _system_keyring()
-        self._codec: Codec = codec if codec is not None else NativeCodec()
+        self._secret = ChunkedSecret(
+            self._backend,
+            service,
+            username,
+            default_max_size() if isinstance(max_secret_size, _PlatformLimit) else max_secret_size,
+        )
+        self._codec: Codec = bind_codec(
+            codec if codec is not None else NativeCodec(),
+            "keyring",
+            f"{service}\0{username}",
+            self.location,
+        )
         self._lock_timeout = lock_timeout
         self._lock_path = (
             Path(lock_path).expanduser()
@@ -130,6 +163,20 @@ class KeyringStore:
     def location(self) -> str:
         return f"keyring service {self._service!r}, user {self._username!r}"
 
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether records are written encrypted (an ``EncryptedCodec`` that seals)."""
+        return is_encrypted(self._codec)
+
+    @property
+    def max_secret_size(self) -> int | None:
+        """Records longer than this (bytes of UTF-16) are stored in chunks; None: never."""
+        return self._secret.max_size
+
     def read(self) -> Record | None:
         try:
             value = self._fetch()
@@ -151,17 +198,45 @@ class KeyringStore:
             ) from None
 
     def write(self, record: Record, expected_revision: int | None) -> Record:
+        return self._commit(
+            expected_revision,
+            lambda found, _current: attrs.evolve(record, revision=(found or 0) + 1),
+        )
+
+    def reseal(self, expected_revision: int) -> Record:
+        """
+        Write the stored record again as it is, revision included, in the codec's current form
+        (an ``EncryptedCodec`` seals it with its current key): what ``rotate_key`` does.
+        ``WriteConflict`` unless the secret holds revision ``expected_revision``.
+        """
+
+        def same(found: int | None, current: Record | None) -> Record:
+            if current is None:
+                raise WriteConflict(self.location, expected_revision, found)
+            return current
+
+        return self._commit(expected_revision, same)
+
+    def _commit(
+        self, expected_revision: int | None, make: Callable[[int | None, Record | None], Record]
+    ) -> Record:
         with self._lease.guard(self._lock_timeout):
             previous, current = self._load()  # a corrupt secret raises: it is never overwritten
             found = current.revision if current is not None else None
             if found != expected_revision:
                 raise WriteConflict(self.location, expected_revision, found)
-            stored = attrs.evolve(record, revision=(found or 0) + 1)
+            stored = make(found, current)
             data = self._codec.encode(
                 stored, previous=previous.encode() if previous is not None else None
             )
             try:
-                self._backend.set_password(self._service, self._username, data.decode())
+                self._secret.put(data.decode())
+            except SecretTooLarge as error:
+                raise StorageUnavailable(
+                    f"Cannot write credential store {self.location}: {error}; raise "
+                    "max_secret_size or use another store.",
+                    reason="secret_too_large",
+                ) from None
             except Exception as error:  # noqa: BLE001 - every backend raises its own errors
                 raise self._unavailable("write", error) from None
             return stored
@@ -175,7 +250,7 @@ class KeyringStore:
             if previous is None:
                 return
             try:
-                self._backend.delete_password(self._service, self._username)
+                self._secret.remove()
             except Exception as error:  # noqa: BLE001 - every backend raises its own errors
                 # Gone anyway (another program removed it) is what was asked for.
                 if self._fetch() is not None:
@@ -196,7 +271,10 @@ class KeyringStore:
 
     def _fetch(self) -> str | None:
         try:
-            value = self._backend.get_password(self._service, self._username)
+            value = self._secret.get()
+        except TornSecret as error:
+            # Outside the lock a write may be under way: read() tries again under it.
+            raise StorageCorrupt(self.location, str(error)) from None
         except Exception as error:  # noqa: BLE001 - every backend raises its own errors
             raise self._unavailable("read", error) from None
         if value is not None and not isinstance(value, str):

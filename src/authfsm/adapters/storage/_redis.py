@@ -52,6 +52,7 @@ from ...engine import (
     WriteConflict,
 )
 from ._codec import Codec, CodecError, NativeCodec
+from ._encryption import bind_codec, is_encrypted
 
 if TYPE_CHECKING:
     import redis
@@ -213,8 +214,12 @@ class _Layout:
         # Renew three times per TTL: two renewals may fail (a blip) before the lease lapses.
         self.renew_every = self.lease_ttl / 3
         self.poll_interval = float(poll_interval)
-        self.codec: Codec = codec if codec is not None else NativeCodec()
         self.location = f"{server} key {self.record_key!r}"
+        # An encrypting codec is bound to the record's key (prefix included), not the server:
+        # hosts reach one server under different names.
+        self.codec: Codec = bind_codec(
+            codec if codec is not None else NativeCodec(), "redis", self.record_key, self.location
+        )
         self.seen: tuple[int, str, bytes] | None = None
 
     # -- values ------------------------------------------------------------------------------
@@ -303,6 +308,32 @@ class _Layout:
             f"{timeout:g} s.",
             reason="lease_timeout",
         )
+
+
+class _Resealer:
+    """
+    The new value of a reseal: the record read, encoded again. The swap's bookkeeping assumes a
+    write adds one to the revision; :meth:`done` puts back the revision a reseal keeps.
+    """
+
+    def __init__(self, layout: _Layout, expected_revision: int) -> None:
+        self._layout = layout
+        self._expected = expected_revision
+        self._last: tuple[Record, bytes] | None = None
+
+    def __call__(self, previous: bytes | None) -> bytes:
+        record = self._layout.decode(previous)
+        if record is None:
+            raise WriteConflict(self._layout.location, self._expected, None)
+        value = self._layout.codec.encode(record, previous)
+        self._last = (record, value)
+        return value
+
+    def done(self) -> Record:
+        assert self._last is not None
+        record, value = self._last
+        self._layout.seen = (record.revision, _digest(value), value)
+        return record
 
 
 def _client_options(timeout: float, options: dict[str, Any], retry: Any) -> dict[str, Any]:
@@ -449,6 +480,15 @@ class _RedisShared:
         """The Redis key that holds the lease's token while someone holds it."""
         return self._layout.lease_key
 
+    @property
+    def codec(self) -> Codec:
+        return self._layout.codec
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether records are written encrypted (an ``EncryptedCodec`` that seals)."""
+        return is_encrypted(self._layout.codec)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.location}>"
 
@@ -539,6 +579,16 @@ class RedisStore(_RedisShared):
 
     def delete(self, expected_revision: int | None) -> None:
         self._swap(expected_revision, lambda _previous: b"")
+
+    def reseal(self, expected_revision: int) -> Record:
+        """
+        Write the stored record again as it is, revision included, in the codec's current form
+        (an ``EncryptedCodec`` seals it with its current key): what ``rotate_key`` does.
+        ``WriteConflict`` unless the key holds revision ``expected_revision``.
+        """
+        resealer = _Resealer(self._layout, expected_revision)
+        self._swap(expected_revision, resealer)
+        return resealer.done()
 
     @contextlib.contextmanager
     def lease(self, timeout: float) -> Iterator[None]:
@@ -706,6 +756,12 @@ class AsyncRedisStore(_RedisShared):
 
     async def delete(self, expected_revision: int | None) -> None:
         await self._swap(expected_revision, lambda _previous: b"")
+
+    async def reseal(self, expected_revision: int) -> Record:
+        """:meth:`RedisStore.reseal`: the record rewritten as it is, revision kept."""
+        resealer = _Resealer(self._layout, expected_revision)
+        await self._swap(expected_revision, resealer)
+        return resealer.done()
 
     @contextlib.asynccontextmanager
     async def lease(self, timeout: float) -> AsyncIterator[None]:
