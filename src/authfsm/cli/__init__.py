@@ -50,7 +50,7 @@ def _login_exit_code(error: AuthError) -> int:
     if type(error).__name__ == "DiscoveryError":
         # The provider could not be reached (try again), or cannot be used as given.
         return EXIT_TRANSIENT if error.reason == "unreachable" else EXIT_USAGE
-    if isinstance(error, OSError):
+    if error.reason == "port_unavailable":
         return EXIT_USAGE  # every redirect port busy
     return EXIT_REAUTH  # the login did not happen: denied, cancelled, or a check failed
 
