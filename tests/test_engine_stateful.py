@@ -169,7 +169,7 @@ class _Transitions:
     def info(self, event: str, **kw: object) -> None:
         self.events.append((event, kw))
 
-    warning = error = info
+    warning = error = debug = info
 
 
 class TwoEngines(RuleBasedStateMachine):

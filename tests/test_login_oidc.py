@@ -159,20 +159,25 @@ def test_browser_login_lands_verified_in_the_store(oidc_provider, redis_server, 
     assert [("authorization_code", "ok")] == oidc_provider.token_requests()[requests:]
 
 
-def test_device_login_lands_and_refresh_rotates(oidc_provider, tmp_path):
-    engine = engine_for(oidc_provider, FileStore(tmp_path / "auth.json"))
+@pytest.mark.parametrize("kind", ["file", "redis"])
+def test_device_login_lands_and_refresh_rotates(oidc_provider, redis_server, tmp_path, kind):
+    if kind == "file":
+        store: Any = FileStore(tmp_path / "auth.json")
+    else:
+        store = RedisStore(redis_server.url, key=f"oidc-device:{tmp_path.name}")
+    engine = engine_for(oidc_provider, store)
 
     def approve(prompt: Any) -> None:
         threading.Thread(
             target=oidc_provider.approve_device,
             args=(prompt.user_code,),
-            kwargs={"login": "device-user"},
+            kwargs={"login": f"device-{kind}"},
             daemon=True,
         ).start()
 
     engine.login_device(on_prompt=approve, timeout=WAIT)
 
-    assert ("device-user", True) == (
+    assert (f"device-{kind}", True) == (
         engine.status().identity.user_id,
         engine.status().identity_verified,
     )

@@ -14,6 +14,10 @@ classification (:func:`classify_refresh`, :func:`classify_grant`, :func:`parse_r
 pure and shared by the sync and async paths; only the loops that move bytes differ (:func:`send`,
 :func:`send_async`, also used by login discovery and JWKS fetches), and how each holds the whole
 exchange to one deadline (:class:`Watchdog` for sync, ``asyncio.timeout`` for async).
+
+Those loops run on a client of either family, ``httpx`` (the default, a dependency) or
+``httpx2`` (optional, never imported here): which exceptions an exchange can raise comes from
+:mod:`authfsm.engine._http_family`.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote, quote_plus, urlencode
 
 import attrs
 import httpx
 
 from ..engine._credentials import Credentials, token_problem
+from ..engine._http_family import http_errors, request_errors, sync_client_family
 from ..engine._ports import (
     MAX_EXPIRES_IN,
     PERMANENT_ERROR_CODES,
@@ -49,6 +54,9 @@ from ..engine._ports import (
     TransientFailure,
 )
 from ._redact import REDACTED, redact_url
+
+if TYPE_CHECKING:
+    from ..engine._http_family import AnyResponse, AsyncClient, SyncClient
 
 # The pure pieces below are public within this private module so tests can drive them directly.
 __all__ = ["OAuthTokenEndpoint"]
@@ -661,14 +669,14 @@ def _send_args(
     return args
 
 
-def _body_for(response: httpx.Response, cap: int) -> CappedBody:
+def _body_for(response: AnyResponse, cap: int) -> CappedBody:
     body = CappedBody(cap, response.headers.get("content-encoding"))
     body.declare_length(response.headers.get("content-length"))
     return body
 
 
 def _read_reply(
-    client: httpx.Client, request: PreparedRequest, *, timeout: float, cap: int, trace: Trace
+    client: SyncClient, request: PreparedRequest, *, timeout: float, cap: int, trace: Trace
 ) -> Reply:
     # Stops the worker of a connection the watchdog could not see (one reused from a pool).
     deadline = time.monotonic() + timeout
@@ -684,7 +692,7 @@ def _read_reply(
 
 
 async def _read_reply_async(
-    client: httpx.AsyncClient, request: PreparedRequest, *, timeout: float, cap: int
+    client: AsyncClient, request: PreparedRequest, *, timeout: float, cap: int
 ) -> Reply:
     async with client.stream(**_send_args(request, timeout)) as response:
         body = _body_for(response, cap)
@@ -697,14 +705,16 @@ async def _read_reply_async(
 
 
 def send(
-    request: PreparedRequest, *, client: httpx.Client, timeout: float, cap: int
+    request: PreparedRequest, *, client: SyncClient, timeout: float, cap: int
 ) -> Reply | TransientFailure:
     """
     One exchange held to ``timeout`` seconds overall, its body capped at ``cap`` decoded bytes.
 
     Never raises for a network problem or the deadline: those are a :class:`TransientFailure`
     whose reason names only the exception class (``network:ConnectError``), or
-    :data:`DEADLINE_REASON`. Redirects are not followed.
+    :data:`DEADLINE_REASON`. Redirects are not followed. ``client`` is of either family
+    (``httpx`` or ``httpx2``): both raise the same exception names and both call the
+    ``trace`` extension the :class:`Watchdog` watches sockets through.
     """
     try:
         return Watchdog(timeout).run(
@@ -712,18 +722,21 @@ def send(
         )
     except DeadlineExceeded:
         return TransientFailure(reason=DEADLINE_REASON)
-    except (httpx.RequestError, OSError) as exc:
+    except request_errors(OSError) as exc:
         return _network_failure(exc)
 
 
 async def send_async(
     request: PreparedRequest,
     *,
-    client: httpx.AsyncClient | None,
+    client: AsyncClient | None,
     timeout: float,
     cap: int,
 ) -> Reply | TransientFailure:
-    """:func:`send` on ``client``, or on a short-lived ``AsyncClient`` when None."""
+    """
+    :func:`send` on ``client`` (of either family), or on a short-lived ``httpx.AsyncClient``
+    when None.
+    """
     try:
         # Cancelling the exchange at the deadline closes its connection, wherever it was.
         async with asyncio.timeout(timeout):
@@ -734,7 +747,7 @@ async def send_async(
     # Before OSError, of which the builtin TimeoutError is a subclass.
     except TimeoutError:
         return TransientFailure(reason=DEADLINE_REASON)
-    except (httpx.RequestError, OSError) as exc:
+    except request_errors(OSError) as exc:
         return _network_failure(exc)
 
 
@@ -742,13 +755,17 @@ def new_sync_client(timeout: float) -> httpx.Client:
     """
     An ``httpx.Client`` that keeps no idle connections: a fresh one per exchange is one whose
     socket the :class:`Watchdog` sees being connected, and so can shut down at the deadline.
+
+    httpx, not httpx2, because it is the family authfsm depends on (httpx2 is optional);
+    pass an ``httpx2.Client`` as ``client`` to use that family instead.
     """
     return httpx.Client(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 class OAuthTokenEndpoint:
     """
-    A :class:`~authfsm.engine.TokenEndpoint` speaking OAuth 2.0 over httpx (sync and async).
+    A :class:`~authfsm.engine.TokenEndpoint` speaking OAuth 2.0 over httpx or httpx2 (sync and
+    async).
 
     Args:
         token_url: where refresh requests go.
@@ -769,8 +786,12 @@ class OAuthTokenEndpoint:
         max_response_bytes: a larger body (after gzip/deflate decoding, which is bounded) is not
             read: ``TransientFailure("response_too_large")``.
         permanent_codes: the OAuth error codes that mean the refresh token is dead.
-        client: an ``httpx.Client`` to use (and not close); by default the endpoint owns one,
-            which keeps no idle connections so that every exchange's socket is its own.
+        client: an ``httpx.Client`` or ``httpx2.Client`` to use (and not close); the
+            deadline, the body cap and the classification hold on either. By default the
+            endpoint owns an ``httpx.Client`` (httpx is the dependency authfsm installs;
+            httpx2 is optional), which keeps no idle connections so that every exchange's
+            socket is its own. Anything else (an ``AsyncClient`` too) is a ``TypeError``: the
+            ``*_async`` methods take an ``AsyncClient`` of either family as ``client=``.
 
     ``repr`` shows the URLs without userinfo or query values.
     """
@@ -790,7 +811,7 @@ class OAuthTokenEndpoint:
         timeout: float = 10.0,
         max_response_bytes: int = 64 * 1024,
         permanent_codes: frozenset[str] = PERMANENT_ERROR_CODES,
-        client: httpx.Client | None = None,
+        client: SyncClient | None = None,
     ) -> None:
         for name, url in (("token_url", token_url), ("revoke_url", revoke_url)):
             if url is not None and httpx.URL(url).scheme not in {"http", "https"}:
@@ -827,7 +848,9 @@ class OAuthTokenEndpoint:
         self._cap = max_response_bytes
         self._permanent_codes = frozenset(permanent_codes)
         self._owns_client = client is None
-        if client is None:
+        if client is not None:
+            sync_client_family(client)
+        else:
             # Refreshes are rare: a fresh connection per exchange costs little (new_sync_client).
             client = new_sync_client(self._timeout)
         self._client = client
@@ -901,7 +924,7 @@ class OAuthTokenEndpoint:
             return Watchdog(self._timeout).run(
                 lambda trace: self._revoke_on(self._client, request, trace)
             )
-        except (DeadlineExceeded, httpx.HTTPError, OSError):
+        except http_errors(DeadlineExceeded, OSError):
             return False
 
     def close(self) -> None:
@@ -923,7 +946,7 @@ class OAuthTokenEndpoint:
     # -- async ---------------------------------------------------------------------------------
 
     async def refresh_async(
-        self, credentials: Credentials, *, client: httpx.AsyncClient | None = None
+        self, credentials: Credentials, *, client: AsyncClient | None = None
     ) -> RefreshOutcome:
         """:meth:`refresh` on ``client``, or on a short-lived ``AsyncClient`` when None."""
         if credentials.refresh_token is None:
@@ -940,7 +963,7 @@ class OAuthTokenEndpoint:
         params: Mapping[str, str],
         *,
         secrets: Iterable[str] = (),
-        client: httpx.AsyncClient | None = None,
+        client: AsyncClient | None = None,
     ) -> RefreshOutcome:
         """:meth:`request_token` on ``client``, or on a short-lived ``AsyncClient`` when None."""
         request = build_grant_request(self._settings, grant_type, params)
@@ -950,19 +973,19 @@ class OAuthTokenEndpoint:
         return self._classify_grant(reply, secrets)
 
     async def post_form_async(
-        self, url: str, params: Mapping[str, str], *, client: httpx.AsyncClient | None = None
+        self, url: str, params: Mapping[str, str], *, client: AsyncClient | None = None
     ) -> Reply | TransientFailure:
         """:meth:`post_form` on ``client``, or on a short-lived ``AsyncClient`` when None."""
         request = build_form_request(self._settings, url, params)
         return await self._send_async(request, client)
 
     async def _send_async(
-        self, request: PreparedRequest, client: httpx.AsyncClient | None
+        self, request: PreparedRequest, client: AsyncClient | None
     ) -> Reply | TransientFailure:
         return await send_async(request, client=client, timeout=self._timeout, cap=self._cap)
 
     async def revoke_async(
-        self, credentials: Credentials, *, client: httpx.AsyncClient | None = None
+        self, credentials: Credentials, *, client: AsyncClient | None = None
     ) -> bool:
         """:meth:`revoke` on ``client``, or on a short-lived ``AsyncClient`` when None."""
         if self._settings.revoke_url is None:
@@ -974,16 +997,16 @@ class OAuthTokenEndpoint:
                     return await self._revoke_on_async(client, request)
                 async with httpx.AsyncClient(timeout=self._timeout) as own:
                     return await self._revoke_on_async(own, request)
-        except (TimeoutError, httpx.HTTPError, OSError):
+        except http_errors(TimeoutError, OSError):
             return False
 
     # -- revoke and classification -------------------------------------------------------------
 
-    def _revoke_on(self, client: httpx.Client, request: PreparedRequest, trace: Trace) -> bool:
+    def _revoke_on(self, client: SyncClient, request: PreparedRequest, trace: Trace) -> bool:
         with client.stream(**_send_args(request, self._timeout, trace)) as response:
             return response.is_success
 
-    async def _revoke_on_async(self, client: httpx.AsyncClient, request: PreparedRequest) -> bool:
+    async def _revoke_on_async(self, client: AsyncClient, request: PreparedRequest) -> bool:
         async with client.stream(**_send_args(request, self._timeout)) as response:
             return response.is_success
 

@@ -30,7 +30,7 @@ from ._effects import (
     poll_lease,
 )
 from ._errors import EngineMisuse
-from ._events import EventLog
+from ._events import EventLog, Observer
 from ._flows import EngineCore
 from ._policy import Policy
 from ._ports import Store
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ..login import LoginResult
     from ..login._engine import IssuerSetup
     from ..login._result import IdentityCheck
+    from ._httpx2_auth import AsyncEngineAuth2
     from ._httpx_auth import AsyncEngineAuth
 
 __all__ = ["AsyncAuthEngine", "BlockingStoreInLoop"]
@@ -86,7 +87,7 @@ class AsyncAuthEngine:
         store: an async store (``RedisStore``'s async client, ...) or a blocking one
             (``FileStore``, ``MemoryStore``), which is wrapped in :class:`BlockingStoreInLoop`.
         endpoint: an endpoint with ``refresh_async``/``revoke_async`` (``OAuthTokenEndpoint``).
-        policy, clock, logger: as for ``AuthEngine``.
+        policy, clock, logger, metrics: as for ``AuthEngine``.
 
     Create it with ``await AsyncAuthEngine.open(...)``, which reads the store once; the plain
     constructor defers that read to the first call.
@@ -100,6 +101,7 @@ class AsyncAuthEngine:
         *,
         clock: Callable[[], float] = time.time,
         logger: Any = None,
+        metrics: Observer | None = None,
     ) -> None:
         check_store(store, asynchronous=True)
         check_endpoint(endpoint, asynchronous=True)
@@ -126,7 +128,12 @@ class AsyncAuthEngine:
         self._core = EngineCore(
             policy if policy is not None else Policy(),
             clock,
-            EventLog(logger),
+            EventLog(
+                logger,
+                None
+                if metrics is None
+                else metrics.attach(self, store=store, endpoint=endpoint, clock=clock),
+            ),
             has_endpoint=endpoint is not None,
             hot=self,
         )
@@ -140,9 +147,10 @@ class AsyncAuthEngine:
         *,
         clock: Callable[[], float] = time.time,
         logger: Any = None,
+        metrics: Observer | None = None,
     ) -> AsyncAuthEngine:
         """Build an engine and read the store once (``StorageCorrupt`` surfaces here)."""
-        engine = cls(store, endpoint, policy, clock=clock, logger=logger)
+        engine = cls(store, endpoint, policy, clock=clock, logger=logger, metrics=metrics)
         async with engine._flight:
             await engine._start()
         return engine
@@ -159,6 +167,7 @@ class AsyncAuthEngine:
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
         logger: Any = None,
+        metrics: Observer | None = None,
         timeout: float = 10.0,
         identity_check: IdentityCheck = "verify",
     ) -> AsyncAuthEngine:
@@ -175,7 +184,9 @@ class AsyncAuthEngine:
             clock=clock,
             logger=logger,
         )
-        engine = await cls.open(store, setup.endpoint, policy, clock=clock, logger=logger)
+        engine = await cls.open(
+            store, setup.endpoint, policy, clock=clock, logger=logger, metrics=metrics
+        )
         engine._issuer = setup
         return engine
 
@@ -267,6 +278,12 @@ class AsyncAuthEngine:
         from ._httpx_auth import AsyncEngineAuth
 
         return AsyncEngineAuth(self)
+
+    def httpx2_auth(self) -> AsyncEngineAuth2:
+        """The same as :meth:`httpx_auth` for an ``httpx2.AsyncClient`` (``authfsm[httpx2]``)."""
+        from ._httpx2_auth import AsyncEngineAuth2
+
+        return AsyncEngineAuth2(self)
 
     async def _start(self) -> None:
         if not self._started:

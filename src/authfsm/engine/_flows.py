@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -131,9 +132,13 @@ class EngineCore:
         *,
         has_endpoint: bool,
         hot: HotPath | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.policy = policy
         self.clock = clock
+        # Durations in events (refresh, lease wait) are measured on a monotonic timer: the
+        # clock may jump, and a fake one does not move while a request is in flight.
+        self.timer = timer
         self.log = log
         self.has_endpoint = has_endpoint
         self.lifecycle = Lifecycle(State.LOGGED_OUT, on_transition=log.transition)
@@ -215,6 +220,15 @@ class EngineCore:
 
     def recover(self, rejected_token: str) -> Flow[str]:
         """A token to retry with after ``rejected_token`` got a 401, judged against it."""
+        try:
+            token = yield from self._recover(rejected_token)
+        except AuthError as error:
+            self.log.emit("warning", "authfsm.recover.failed", reason=error.reason)
+            raise
+        self.log.emit("info", "authfsm.recover.succeeded")
+        return token
+
+    def _recover(self, rejected_token: str) -> Flow[str]:
         now = self.clock()
         if self.state in (State.LOGGED_OUT, State.POISONED):
             self._sync((yield READ), reason="recover")
@@ -321,6 +335,7 @@ class EngineCore:
         self.unsaved = None
         self.lifecycle.fire("logout", Facts(now=self.clock(), reason="logout"))
         self._take(None)
+        self.log.emit("info", "authfsm.logged_out", revoke=revoke)
         return bool(revoked) and all(revoked)
 
     def reload(self, *, allow_identity_change: bool) -> Flow[State]:
@@ -378,8 +393,10 @@ class EngineCore:
             self._publish()
             try:
                 self.log.emit("info", "authfsm.refresh.call", fingerprint=reference.fingerprint)
+                started = self.timer()
                 answer = yield CallEndpoint(reference)
                 done = self.clock()
+                self._answered(answer, self.timer() - started)
                 if isinstance(answer, Refreshed):
                     yield from self._on_refreshed(reference, record, answer, done)
                 elif isinstance(answer, TransientFailure):
@@ -396,6 +413,25 @@ class EngineCore:
         finally:
             yield RELEASE
 
+    def _answered(self, answer: object, duration: float) -> None:
+        """Every grant sent, by outcome and duration (whatever the flow then does with it)."""
+        if isinstance(answer, Refreshed):
+            outcome, error, status = "success", None, None
+        elif isinstance(answer, TransientFailure):
+            outcome, error, status = "transient", answer.reason, answer.status
+        elif isinstance(answer, PermanentFailure):
+            outcome, error, status = "permanent", answer.code, answer.status
+        else:
+            outcome, error, status = "transient", "invalid_outcome", None
+        self.log.emit(
+            "debug",
+            "authfsm.refresh.answered",
+            outcome=outcome,
+            error=error,
+            status=status,
+            duration=round(duration, 6),
+        )
+
     def _await_lease(self) -> Flow[bool]:
         """
         Take the lease; while a sibling holds it, keep watching the store.
@@ -408,12 +444,19 @@ class EngineCore:
         """
         total = self._lease_timeout()
         waits = max(1, math.ceil(total / _LEASE_SLICE))
+        started = self.timer()
         for attempt in range(waits):
             try:
                 yield AcquireLease(min(_LEASE_SLICE, max(total - attempt * _LEASE_SLICE, 0.0)))
             except LeaseTimeout:
                 if attempt == waits - 1:
                     self._back_off("lease_timeout", lease=True)
+                    self.log.emit(
+                        "warning",
+                        "authfsm.lease.timeout",
+                        duration=round(self.timer() - started, 6),
+                        retry_in=round(self.retry_at - self.clock(), 3),
+                    )
                     raise LeaseTimeout(
                         f"Another engine held the refresh lease for over {total:g} s.",
                         reason="lease_timeout",
@@ -428,10 +471,16 @@ class EngineCore:
                     self.lease_failed = False
                     if self.failure in _STORE_FAILURES or self.failure == "lease_timeout":
                         self.failure = None
+                self._waited("acquired", started)
                 return True
             if self._sync((yield READ), reason="while_waiting_for_lease"):
+                self._waited("adopted", started)
                 return False
         raise AssertionError("unreachable: the last wait returns or raises")
+
+    def _waited(self, outcome: str, started: float) -> None:
+        duration = round(self.timer() - started, 6)
+        self.log.emit("debug", "authfsm.lease.waited", outcome=outcome, duration=duration)
 
     def _back_off(self, reason: str, *, lease: bool = False) -> None:
         """A failure that is not the endpoint's: wait before trying again, keep serving."""
@@ -625,7 +674,13 @@ class EngineCore:
         )
         if self.lifecycle.attempt("adopt", facts):
             self._take(candidate)
-            self.log.emit("info", "authfsm.refresh.adopted", fingerprint=facts.candidate)
+            self.log.emit(
+                "info",
+                "authfsm.refresh.adopted",
+                fingerprint=facts.candidate,
+                from_state=State.REFRESHING.value,
+                reason="after_permanent_failure",
+            )
             return
         if facts.candidate == facts.reference and answer.code not in CLIENT_ERROR_CODES:
             # Shared: the credential itself is dead for everyone. A client error (wrong client
@@ -734,7 +789,13 @@ class EngineCore:
             return True
         if self.lifecycle.attempt("adopt", facts):
             self._take(candidate)
-            self.log.emit("info", "authfsm.refresh.adopted", fingerprint=facts.candidate)
+            self.log.emit(
+                "info",
+                "authfsm.refresh.adopted",
+                fingerprint=facts.candidate,
+                from_state=state.value,
+                reason=reason,
+            )
             return True
         if self.lifecycle.attempt("retry_later", facts):
             assert facts.backoff_until is not None

@@ -2,9 +2,10 @@
 ``httpx`` integration: ``httpx.Auth`` classes driven by an engine.
 
 They send the bearer token, and on a 401 ask the engine to ``recover`` the rejected token and
-retry once. The request body is read before the first send so that a streamed body is re-sent
-intact on the retry (httpx's own ``requires_request_body`` does this only when the flow is not
-overridden, and both flows are overridden here because the engines do I/O and take locks).
+retry once; the request body, even a streamed one, is re-sent intact (see
+:func:`~._http_family.bearer_flow`, which the ``httpx2`` twins in ``_httpx2_auth`` run too).
+``httpx2.Client`` refuses these classes (``TypeError: Invalid "auth" argument``): it takes
+``engine.httpx2_auth()``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING
 
 import httpx
+
+from ._http_family import bearer_flow, bearer_flow_async, wrong_client
 
 if TYPE_CHECKING:
     from ._async import AsyncAuthEngine
@@ -28,22 +31,12 @@ class EngineAuth(httpx.Auth):
         self._engine = engine
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
-        request.read()
-        token = self._engine.access_token()
-        request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code != httpx.codes.UNAUTHORIZED:
-            return
-        request.headers["Authorization"] = f"Bearer {self._engine.recover(token)}"
-        yield request
+        return bearer_flow(self._engine, request)
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        raise RuntimeError(
-            "AuthEngine.httpx_auth() blocks on I/O and cannot drive an httpx.AsyncClient; "
-            "use AsyncAuthEngine.httpx_auth() there."
-        )
+        raise wrong_client("sync", "httpx")
         yield request  # pragma: no cover - makes this an async generator
 
 
@@ -54,20 +47,10 @@ class AsyncEngineAuth(httpx.Auth):
         self._engine = engine
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
-        raise RuntimeError(
-            "AsyncAuthEngine.httpx_auth() needs an httpx.AsyncClient; "
-            "use AuthEngine.httpx_auth() with httpx.Client."
-        )
+        raise wrong_client("async", "httpx")
         yield request  # pragma: no cover - makes this a generator
 
-    async def async_auth_flow(
+    def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        await request.aread()
-        token = await self._engine.access_token()
-        request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code != httpx.codes.UNAUTHORIZED:
-            return
-        request.headers["Authorization"] = f"Bearer {await self._engine.recover(token)}"
-        yield request
+        return bearer_flow_async(self._engine, request)

@@ -18,7 +18,7 @@ from ._checks import check_endpoint, check_policy, check_store
 from ._credentials import Credentials
 from ._effects import Flow, drive
 from ._errors import EngineMisuse
-from ._events import EventLog
+from ._events import EventLog, Observer
 from ._flows import EngineCore
 from ._policy import Policy
 from ._ports import Store, TokenEndpoint
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..login import LoginResult
     from ..login._engine import IssuerSetup
     from ..login._result import IdentityCheck
+    from ._httpx2_auth import EngineAuth2
     from ._httpx_auth import EngineAuth
 
 __all__ = ["AuthEngine"]
@@ -47,6 +48,8 @@ class AuthEngine:
         clock: POSIX seconds; tests pass a fake one.
         logger: a structlog logger for ``authfsm.*`` events (default: ``structlog.get_logger``
             once the application has configured structlog; silent before).
+        metrics: an :class:`authfsm.metrics.EngineMetrics` to record OpenTelemetry metrics
+            from the same events (default: none, and nothing is measured).
 
     The constructor reads the store once (and raises ``StorageCorrupt`` for unreadable data).
     ``access_token()`` on a fresh credential takes no lock and does no I/O.
@@ -60,6 +63,7 @@ class AuthEngine:
         *,
         clock: Callable[[], float] = time.time,
         logger: Any = None,
+        metrics: Observer | None = None,
     ) -> None:
         check_store(store, asynchronous=False)
         check_endpoint(endpoint, asynchronous=False)
@@ -74,7 +78,12 @@ class AuthEngine:
         self._core = EngineCore(
             policy if policy is not None else Policy(),
             clock,
-            EventLog(logger),
+            EventLog(
+                logger,
+                None
+                if metrics is None
+                else metrics.attach(self, store=store, endpoint=endpoint, clock=clock),
+            ),
             has_endpoint=endpoint is not None,
             hot=self,
         )
@@ -92,6 +101,7 @@ class AuthEngine:
         policy: Policy | None = None,
         clock: Callable[[], float] = time.time,
         logger: Any = None,
+        metrics: Observer | None = None,
         timeout: float = 10.0,
         identity_check: IdentityCheck = "verify",
     ) -> AuthEngine:
@@ -115,7 +125,7 @@ class AuthEngine:
             clock=clock,
             logger=logger,
         )
-        engine = cls(store, setup.endpoint, policy, clock=clock, logger=logger)
+        engine = cls(store, setup.endpoint, policy, clock=clock, logger=logger, metrics=metrics)
         engine._issuer = setup
         return engine
 
@@ -253,6 +263,12 @@ class AuthEngine:
         from ._httpx_auth import EngineAuth
 
         return EngineAuth(self)
+
+    def httpx2_auth(self) -> EngineAuth2:
+        """The same as :meth:`httpx_auth` for an ``httpx2.Client`` (``authfsm[httpx2]``)."""
+        from ._httpx2_auth import EngineAuth2
+
+        return EngineAuth2(self)
 
     def _run(self, flow: Flow[T]) -> T:
         with self._flight:

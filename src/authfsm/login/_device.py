@@ -408,8 +408,8 @@ def device_login(
         stream: where the default ``on_prompt`` writes.
         timeout: seconds to wait at most, below the provider's ``expires_in``.
         extra_params: further device authorization request parameters (``audience``).
-        client_secret, client_auth, endpoint, identity_check, jwks, leeway, http_timeout,
-            clock, logger: as for :func:`browser_login`.
+        client_secret, client_auth, endpoint, identity_check: as for :func:`browser_login`.
+        jwks, leeway, http_timeout, clock, logger: as for :func:`browser_login`.
         jitter: up to this many seconds are added at random to each wait.
         sleep: how to wait (default :func:`time.sleep`); with ``clock``, lets a test run a
             whole login without waiting.
