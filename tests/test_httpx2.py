@@ -369,3 +369,33 @@ class TestDeadline:
         endpoint.close()
 
         assert (TransientFailure(reason="network:ReadTimeout"), True) == (outcome, took < LATEST)
+
+
+def test_async_engine_refreshes_through_the_endpoints_async_client(http, server, clock, tmp_path):
+    """OAuthTokenEndpoint(async_client=...) is what an AsyncAuthEngine refreshes with."""
+    sent: list[str] = []
+
+    async def count(request: Any) -> None:
+        sent.append(str(request.url))
+
+    async def scenario() -> tuple[str, str]:
+        async with http.AsyncClient(event_hooks={"request": [count]}) as client:
+            endpoint = OAuthTokenEndpoint(server.token_url, "test-client", async_client=client)
+            engine = await AsyncAuthEngine.open(
+                FileStore(tmp_path / "auth.json"), endpoint, clock=clock
+            )
+            creds = server.issue()
+            await engine.login(creds)
+            clock.advance(3600)
+            return creds.access_token, await engine.access_token()
+
+    old, new = run(scenario())
+
+    assert old != new
+    assert [server.token_url] == sent
+    assert 1 == server.token_calls
+
+
+def test_async_client_of_another_kind_is_refused():
+    with pytest.raises(TypeError, match="async_client"):
+        OAuthTokenEndpoint("http://127.0.0.1:9/token", "c", async_client=object())  # type: ignore[arg-type]

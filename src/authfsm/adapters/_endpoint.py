@@ -44,7 +44,7 @@ import attrs
 import httpx
 
 from ..engine._credentials import Credentials, token_problem
-from ..engine._http_family import http_errors, request_errors, sync_client_family
+from ..engine._http_family import family_of, http_errors, request_errors, sync_client_family
 from ..engine._ports import (
     MAX_EXPIRES_IN,
     PERMANENT_ERROR_CODES,
@@ -792,6 +792,10 @@ class OAuthTokenEndpoint:
             httpx2 is optional), which keeps no idle connections so that every exchange's
             socket is its own. Anything else (an ``AsyncClient`` too) is a ``TypeError``: the
             ``*_async`` methods take an ``AsyncClient`` of either family as ``client=``.
+        async_client: an ``httpx.AsyncClient`` or ``httpx2.AsyncClient`` the ``*_async``
+            methods use (and do not close) when they are given none: how an
+            ``AsyncAuthEngine`` refreshes on httpx2. By default each async exchange uses a
+            short-lived ``httpx.AsyncClient``.
 
     ``repr`` shows the URLs without userinfo or query values.
     """
@@ -812,7 +816,14 @@ class OAuthTokenEndpoint:
         max_response_bytes: int = 64 * 1024,
         permanent_codes: frozenset[str] = PERMANENT_ERROR_CODES,
         client: SyncClient | None = None,
+        async_client: AsyncClient | None = None,
     ) -> None:
+        if async_client is not None and family_of(async_client, kind="AsyncClient") is None:
+            raise TypeError(
+                "async_client must be an httpx.AsyncClient or httpx2.AsyncClient, "
+                f"not {type(async_client).__name__}"
+            )
+        self._async_client = async_client
         for name, url in (("token_url", token_url), ("revoke_url", revoke_url)):
             if url is not None and httpx.URL(url).scheme not in {"http", "https"}:
                 raise ValueError(f"{name} must be an http or https URL")
@@ -982,6 +993,7 @@ class OAuthTokenEndpoint:
     async def _send_async(
         self, request: PreparedRequest, client: AsyncClient | None
     ) -> Reply | TransientFailure:
+        client = client if client is not None else self._async_client
         return await send_async(request, client=client, timeout=self._timeout, cap=self._cap)
 
     async def revoke_async(
@@ -991,6 +1003,7 @@ class OAuthTokenEndpoint:
         if self._settings.revoke_url is None:
             return False
         request = build_revoke_request(self._settings, self._settings.revoke_url, credentials)
+        client = client if client is not None else self._async_client
         try:
             async with asyncio.timeout(self._timeout):
                 if client is not None:
