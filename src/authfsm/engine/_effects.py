@@ -148,7 +148,10 @@ class _DeferredInterrupts(AbstractContextManager[None]):
     def __enter__(self) -> None:
         if self._active or threading.current_thread() is not threading.main_thread():
             return  # signals are delivered to the main thread only: nothing to hold back
-        self._previous = signal.getsignal(signal.SIGINT)
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:
+            return  # a handler installed outside Python: it cannot be put back, leave it alone
+        self._previous = previous
         signal.signal(signal.SIGINT, self._hold)
         self._active = True
 
