@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from authfsm.adapters import FileStore, MemoryStore, OAuthTokenEndpoint
 from authfsm.engine import Record
@@ -25,6 +25,19 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("thorough", max_examples=500, deadline=None)
+# Under mutmut (docs/mutation-testing.md) every function runs through a trampoline, which trips
+# the differing_executors check. Derandomized and without the example database, so a mutant's
+# verdict does not depend on the runs before it; no shrinking, since a failure is all a mutant
+# run needs (shrinking a failing stateful run can take a minute per mutant).
+settings.register_profile(
+    "mutmut",
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

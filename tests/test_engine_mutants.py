@@ -1,0 +1,643 @@
+"""
+Behaviours a mutation run of the engine's decisions (``engine/_flows.py``) showed the rest of the
+suite could lose without noticing (docs/mutation-testing.md).
+
+Like tests/test_engine_teeth.py, each test drives real engines against the loopback TokenServer
+(or a fake clock and a real store) and asserts what a user sees: tokens served, calls at the
+server, store contents, errors and their reasons, status fields. The clock is a FakeClock and the
+backoff jitter is fixed, so every backoff below is exact.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import attrs
+import pytest
+
+from authfsm import (
+    AuthEngine,
+    Credentials,
+    ReauthRequired,
+    RefreshFailed,
+    State,
+)
+from authfsm.adapters import FileStore, MemoryStore
+from authfsm.engine import Backoff, PermanentFailure, Poison, Record, RefreshOutcome
+
+from .conftest import CountingStore
+from .test_engine_teeth import (
+    DUE,
+    POLICY,
+    FaultyStore,
+    _OtherIdentity,
+    at,
+    engine_on,
+    stored_record,
+)
+
+#: A lease that cannot be had fails after 50 ms of real time instead of 30 s.
+SHORT_LEASE = attrs.evolve(POLICY, lease_timeout=timedelta(milliseconds=50))
+
+
+class TestStoreOutageBackoff:
+    """An unreachable store backs the engine off exponentially, and a read that works clears it."""
+
+    def test_backoff_grows_per_failed_attempt(self, endpoint, clock, server):
+        """Catches _back_off not counting failures (1 s, 2 s, 4 s with the fixed jitter)."""
+        store = FaultyStore(MemoryStore())
+        engine, creds = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.reads_fail = True
+
+        delays = []
+        for _ in range(3):
+            attempt = clock()
+            assert creds.access_token == engine.access_token()
+            status = engine.status()
+            assert (State.STALE, "storage_unavailable") == (status.state, status.failure)
+            delays.append(status.retry_at.timestamp() - attempt)
+            clock.set(status.retry_at.timestamp() + 0.5)
+
+        assert [1.0, 2.0, 4.0] == pytest.approx(delays)
+        assert 0 == server.token_calls
+
+    def test_a_store_that_answers_again_clears_the_failure(self, endpoint, clock, server):
+        """Catches a failed read being taken for a failed lease: the failure would stick."""
+        store = FaultyStore(MemoryStore())
+        engine, creds = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.reads_fail = True
+        assert creds.access_token == engine.access_token()
+        store.reads_fail = False
+
+        status = engine.status()
+
+        assert (State.STALE, None, None) == (status.state, status.failure, status.retry_at)
+        token = engine.access_token()
+        assert (1, State.FRESH) == (server.token_calls, engine.state)
+        assert token == stored_record(store).credential.access_token
+
+
+class TestNotRefreshable:
+    """A credential without a refresh token is served as it is; refresh() says why not."""
+
+    def test_explicit_refresh_reports_not_refreshable(self, file_store, endpoint, clock, server):
+        """Catches the reason or the retry time of the refusal being lost."""
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        creds = attrs.evolve(server.issue(), refresh_token=None)
+        engine.login(creds)
+        clock.advance(DUE)
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.refresh()
+
+        retry_at = clock() + POLICY.backoff_max.total_seconds()
+        assert ("not_refreshable", retry_at) == (caught.value.reason, caught.value.retry_at)
+        assert creds.access_token == engine.access_token()
+        status = engine.status()
+        assert ("not_refreshable", at(retry_at)) == (status.failure, status.retry_at)
+        assert 0 == server.token_calls
+
+
+class TestRejectedAgain:
+    """A token a recovery obtained moments ago and rejected again is not refreshed again."""
+
+    def test_error_says_when_to_try_again(self, file_store, endpoint, clock, server):
+        """Catches the rejection loop's retry time being lost (None) from the error."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        recovered_at = clock()
+        token = engine.recover(creds.access_token)
+        clock.advance(10)
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.recover(token)
+
+        assert ("rejected_after_refresh", recovered_at + 60) == (
+            caught.value.reason,
+            caught.value.retry_at,
+        )
+        assert 1 == server.token_calls
+        assert token == engine.access_token()
+
+
+def _unsaved_refresh(file_store, endpoint, clock, server, policy=SHORT_LEASE):
+    """An engine whose refresh rotated while the store refused every write; login undated."""
+    store = FaultyStore(file_store)
+    engine = AuthEngine(store, endpoint, policy, clock=clock)
+    # No last_refresh: only the revision tells that the stored copy is the older one.
+    creds = attrs.evolve(server.issue(), last_refresh=None)
+    engine.login(creds)
+    clock.advance(DUE)
+    store.writes_fail = True
+    new = engine.access_token()
+    assert new != creds.access_token
+    return store, engine, creds, new
+
+
+class TestUnsavedRetry:
+    """A credential the store does not hold yet is kept, and never traded for the older copy."""
+
+    def test_busy_lease_at_the_retry_keeps_the_new_credential(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches a failed lease at the save retry forgetting which revision is the older copy."""
+        store, engine, creds, new = _unsaved_refresh(file_store, endpoint, clock, server)
+        store.writes_fail = False
+        clock.advance(5)
+        with FileStore(file_store.path).lease(1.0):
+            assert new == engine.access_token()
+        status = engine.status()
+
+        assert (State.FRESH, True, "unsaved") == (status.state, status.unsaved, status.failure)
+        assert new == engine.access_token()
+        assert creds == stored_record(file_store).credential
+        clock.advance(10)
+        assert new == engine.access_token()
+        assert new == stored_record(file_store).credential.access_token
+        assert (1, 0) == (server.token_calls, server.reuse_rejections)
+
+    def test_reload_keeps_the_new_credential(self, file_store, endpoint, clock, server):
+        """Catches reload() taking the older stored copy for another identity (AccountMismatch)."""
+        _, engine, creds, new = _unsaved_refresh(file_store, endpoint, clock, server)
+
+        assert State.FRESH == engine.reload()
+
+        assert (new, True) == (engine.access_token(), engine.status().unsaved)
+        assert creds == stored_record(file_store).credential
+
+    def test_failed_save_retry_keeps_the_new_credential(self, file_store, endpoint, clock, server):
+        """Catches a failed save retry forgetting which revision is the older copy."""
+        store, engine, creds, new = _unsaved_refresh(file_store, endpoint, clock, server)
+        clock.advance(5)
+        writes = store.writes
+        assert new == engine.access_token()
+        assert writes + 1 == store.writes
+        status = engine.status()
+
+        assert (State.FRESH, True, "unsaved") == (status.state, status.unsaved, status.failure)
+        assert new == engine.access_token()
+        assert creds == stored_record(file_store).credential
+        assert 1 == server.token_calls
+
+    def test_save_retries_back_off_exponentially(self, file_store, endpoint, clock, server):
+        """Catches the save retries not counting: the store would be written every second."""
+        store = FaultyStore(file_store)
+        engine, _ = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.writes_fail = True
+        new = engine.access_token()
+        minted_at = clock()
+        writes = store.writes
+
+        attempts = []
+        for offset in (1, 2, 3, 6, 7):
+            clock.set(minted_at + offset)
+            assert new == engine.access_token()
+            attempts.append(store.writes - writes)
+
+        assert [1, 1, 2, 2, 3] == attempts
+        assert (True, 1) == (engine.status().unsaved, server.token_calls)
+
+
+class _SiblingWritesDuringCall:
+    """An endpoint that fails for good while a sibling writes ``record_for(store)`` meanwhile."""
+
+    def __init__(self, store: FileStore, record_for) -> None:
+        self.store = store
+        self.record_for = record_for
+        self.calls = 0
+
+    def refresh(self, credentials: Credentials) -> RefreshOutcome:
+        self.calls += 1
+        self.store.write(self.record_for(), self.store.read().revision)
+        return PermanentFailure(code="invalid_grant", status=400)
+
+    def revoke(self, credentials: Credentials) -> bool:
+        return False
+
+
+class TestPermanentFailureLooksOnceMore:
+    """After a permanent failure the store is read once more, and what it holds decides."""
+
+    def test_a_sibling_logout_meanwhile_logs_out(self, file_store, clock, server):
+        """Catches the final re-read of an emptied store not firing logout (or another trigger)."""
+        endpoint = _SiblingWritesDuringCall(file_store, lambda: Record(credential=None))
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        engine.login(server.issue())
+        clock.advance(DUE)
+
+        with pytest.raises(ReauthRequired) as caught:
+            engine.access_token()
+
+        assert ("logged_out", State.LOGGED_OUT) == (caught.value.reason, engine.state)
+        assert (None, None) == (engine.credentials, stored_record(file_store).credential)
+        assert 1 == endpoint.calls
+
+    def test_a_sibling_credential_poisoned_meanwhile_is_not_adopted(
+        self, file_store, clock, server
+    ):
+        """Catches the final re-read ignoring the store's poison marker: a dead token adopted."""
+        siblings = []
+
+        def poisoned_sibling() -> Record:
+            # Issued now: not due, so adopting it would serve it at once.
+            siblings.append(server.issue())
+            marker = Poison(fingerprint=siblings[0].fingerprint, reason="invalid_grant", at=clock())
+            return Record(credential=siblings[0], poison=marker)
+
+        endpoint = _SiblingWritesDuringCall(file_store, poisoned_sibling)
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        engine.login(server.issue())
+        clock.advance(DUE)
+
+        with pytest.raises(ReauthRequired) as caught:
+            engine.access_token()
+        with pytest.raises(ReauthRequired):
+            engine.access_token()
+
+        assert ("invalid_grant", State.POISONED) == (caught.value.reason, engine.state)
+        assert 1 == endpoint.calls
+        assert siblings == [stored_record(file_store).credential]
+
+    def test_a_lost_record_is_written_back_poisoned(self, file_store, endpoint, clock, server):
+        """Catches the poison write of a store that lost its record failing (no revision)."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        file_store.path.unlink()
+        server.revoke_family_of(creds)
+        clock.advance(DUE)
+
+        with pytest.raises(ReauthRequired) as caught:
+            engine.access_token()
+
+        assert ("invalid_grant", State.POISONED) == (caught.value.reason, engine.state)
+        record = stored_record(file_store)
+        assert (creds, creds.fingerprint) == (record.credential, record.poison.fingerprint)
+        assert 1 == server.token_calls
+
+
+class TestLostRecordRewrite:
+    """
+    While a credential whose record the store lost cannot be written back, a record that
+    appears meanwhile is judged by when it was minted: an older one is never adopted back.
+    """
+
+    @pytest.mark.parametrize(
+        ("minted", "adopted"),
+        [(-60.0, False), (0.0, True), (10.0, True), (None, True)],
+        ids=["older", "same-instant", "newer", "undated"],
+    )
+    def test_only_a_newer_record_is_adopted(
+        self, file_store, endpoint, clock, server, minted, adopted
+    ):
+        """Catches the minting-date comparison being inverted, loosened or dropped."""
+        store = FaultyStore(file_store)
+        engine, creds = engine_on(store, endpoint, clock, server)
+        file_store.path.unlink()
+        store.writes_fail = True
+        assert (True, "unsaved") == (engine.status().unsaved, engine.status().failure)
+
+        start = clock()
+        if minted is not None and minted > 0:
+            clock.advance(minted)
+        other = server.issue(user_id="user-1")
+        if minted is None or minted < 0:
+            other = attrs.evolve(other, last_refresh=None if minted is None else at(start + minted))
+        file_store.write(Record(credential=other), None)
+
+        status = engine.status()
+
+        if adopted:
+            assert (State.RELOADED, other, False) == (
+                engine.state,
+                engine.credentials,
+                status.unsaved,
+            )
+            assert other.access_token == engine.access_token()
+        else:
+            assert (State.FRESH, creds, True) == (engine.state, engine.credentials, status.unsaved)
+            assert creds.access_token == engine.access_token()
+        assert 0 == server.token_calls
+
+
+class TestTransientFailureMarker:
+    """The shared backoff marker is written with the record's other contents, and saves it."""
+
+    def test_a_lost_record_is_written_back_with_the_marker(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches the marker write of a store that lost its record failing, or staying unsaved."""
+        store = CountingStore(file_store)
+        engine, creds = engine_on(store, endpoint, clock, server)
+        file_store.path.unlink()
+        clock.advance(DUE)
+        server.fail_next(503)
+
+        assert creds.access_token == engine.access_token()
+        store.reads = store.writes = store.leases = 0
+        assert creds.access_token == engine.access_token()  # backing off: no I/O, nothing to save
+        assert 0 == store.io
+
+        assert Record(
+            credential=creds,
+            backoff=Backoff(fingerprint=creds.fingerprint, not_before=clock() + 1.0, failures=1),
+            revision=1,
+        ) == stored_record(file_store)
+        status = engine.status()
+        assert (State.STALE, "http_503", False) == (status.state, status.failure, status.unsaved)
+        assert 1 == server.token_calls
+
+    def test_a_poison_marker_of_another_credential_is_kept(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches the marker write dropping the record's poison marker of an older credential."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        old = Poison(fingerprint="fp-of-a-dead-credential", reason="invalid_grant", at=clock())
+        revision = stored_record(file_store).revision
+        file_store.write(Record(credential=creds, poison=old), revision)
+        clock.advance(DUE)
+        server.fail_next(503)
+
+        assert creds.access_token == engine.access_token()
+
+        record = stored_record(file_store)
+        assert (creds, old, 1) == (record.credential, record.poison, record.backoff.failures)
+
+
+class TestRecoverEdges:
+    """recover() looks at the store before giving up, and judges a 401 by what it knows."""
+
+    def test_logged_out_engine_adopts_a_sibling_login(self, file_store, endpoint, clock, server):
+        """Catches recover() of a logged-out engine giving up without reading the store."""
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        creds = server.issue()
+        AuthEngine(FileStore(file_store.path), endpoint, POLICY, clock=clock).login(creds)
+
+        assert creds.access_token == engine.recover("at-some-older-token")
+
+        assert (State.RELOADED, 0) == (engine.state, server.token_calls)
+
+    def test_rejected_api_key_requires_reauth(self, file_store, endpoint, clock, server):
+        """Catches a rejected API key being reported with another reason (or not at all)."""
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        engine.login(Credentials.api_key("sk-test-key"))
+
+        with pytest.raises(ReauthRequired) as caught:
+            engine.recover("sk-test-key")
+
+        assert "api_key_rejected" == caught.value.reason
+        assert (0, "sk-test-key") == (
+            server.token_calls,
+            stored_record(file_store).credential.access_token,
+        )
+
+    def test_rejected_api_key_adopts_a_sibling_key(self, file_store, endpoint, clock, server):
+        """Catches a rejected API key ignoring the new key a sibling stored (or refreshing it)."""
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        engine.login(Credentials.api_key("sk-old-key"))
+        sibling = AuthEngine(FileStore(file_store.path), endpoint, POLICY, clock=clock)
+        sibling.login(Credentials.api_key("sk-new-key"))
+
+        assert "sk-new-key" == engine.recover("sk-old-key")
+
+        assert (State.RELOADED, 0) == (engine.state, server.token_calls)
+
+    def test_sibling_rotation_rejected_soon_after_a_recovery_is_refreshed(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches any 401 within a minute of a recovery being taken for the rejection loop."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        recovered = engine.recover(creds.access_token)
+        sibling = AuthEngine(FileStore(file_store.path), endpoint, POLICY, clock=clock)
+        rotated = sibling.refresh()
+        assert State.RELOADED == engine.reload()
+        clock.advance(10)
+
+        token = engine.recover(rotated)
+
+        assert token not in (creds.access_token, recovered, rotated)
+        assert (3, 0) == (server.token_calls, server.reuse_rejections)
+        assert token == stored_record(file_store).credential.access_token
+
+    def test_a_recovered_token_rejected_a_minute_later_is_refreshed(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches the rejection-loop window lasting longer than its 60 s."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        recovered_at = clock()
+        recovered = engine.recover(creds.access_token)
+        clock.set(recovered_at + 60)
+
+        token = engine.recover(recovered)
+
+        assert token not in (creds.access_token, recovered)
+        assert 2 == server.token_calls
+
+
+class TestStatusEdges:
+    """status() reports failures, and clears store failures once the store answers."""
+
+    def test_refreshing_status_of_a_logged_out_engine_says_so(self, file_store, endpoint, clock):
+        """Catches status(refresh=True) dropping the reason it could not serve a token."""
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+
+        status = engine.status(refresh=True)
+
+        assert (State.LOGGED_OUT, "logged_out", True) == (
+            status.state,
+            status.failure,
+            status.requires_login,
+        )
+
+    def test_refreshing_status_clears_a_healed_store_failure(self, endpoint, clock, server):
+        """Catches status(refresh=True) of a fresh credential keeping an old store failure."""
+        store = FaultyStore(MemoryStore())
+        engine, creds = engine_on(store, endpoint, clock, server)
+        store.reads_fail = True
+        assert "storage_unavailable" == engine.status().failure
+        store.reads_fail = False
+
+        status = engine.status(include_token=True, refresh=True)
+
+        assert (State.FRESH, None, creds.access_token) == (
+            status.state,
+            status.failure,
+            status.token,
+        )
+        assert 0 == server.token_calls
+
+    def test_status_at_the_retry_time_saves_an_unsaved_credential(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches the save retry of status() waiting past the moment it is due."""
+        store = FaultyStore(file_store)
+        engine, _ = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.writes_fail = True
+        new = engine.access_token()
+        store.writes_fail = False
+        clock.set(clock() + 1.0)  # the first save retry is due after 1 s (fixed jitter)
+
+        status = engine.status()
+
+        assert (False, None) == (status.unsaved, status.failure)
+        assert new == stored_record(file_store).credential.access_token
+
+    def test_status_of_a_fresh_credential_shows_no_retry_time(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches status() reporting a retry time outside STALE, and losing the expiry."""
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        creds = attrs.evolve(server.issue(), refresh_token=None)
+        engine.login(creds)
+        with pytest.raises(RefreshFailed):
+            engine.refresh()
+
+        status = engine.status()
+
+        assert (State.FRESH, "not_refreshable", None, creds.expires_at) == (
+            status.state,
+            status.failure,
+            status.retry_at,
+            status.expires_at,
+        )
+
+
+class TestRefreshWrites:
+    """What a refresh writes to the store, even when the store lost its record."""
+
+    def test_a_lost_record_is_written_back_refreshed(self, file_store, endpoint, clock, server):
+        """Catches the refresh of a store that lost its record failing to write it back."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        file_store.path.unlink()
+        clock.advance(DUE)
+
+        token = engine.access_token()
+
+        record = stored_record(file_store)
+        assert (token, 1) == (record.credential.access_token, record.revision)
+        assert token != creds.access_token
+        status = engine.status()
+        assert (State.FRESH, False, None) == (status.state, status.unsaved, status.failure)
+
+    def test_a_reply_naming_another_identity_backs_the_fleet_off(self, file_store, clock, server):
+        """Catches the refused reply's backoff marker being written against no revision (lost)."""
+        endpoint = _OtherIdentity(server)
+        engine, creds = engine_on(file_store, endpoint, clock, server, user_id="alice")
+        clock.advance(DUE)
+
+        with pytest.raises(RefreshFailed):
+            engine.refresh()
+
+        assert Backoff(fingerprint=creds.fingerprint, not_before=clock() + 1.0, failures=1) == (
+            stored_record(file_store).backoff
+        )
+        assert creds == stored_record(file_store).credential
+
+
+class _SiblingWritesThenAnswers:
+    """The real endpoint; during the call a sibling whose lease lapsed writes a new login."""
+
+    def __init__(self, inner, store: MemoryStore, server) -> None:
+        self.inner = inner
+        self.store = store
+        self.server = server
+        self.written: list[Credentials] = []
+
+    def refresh(self, credentials: Credentials) -> RefreshOutcome:
+        sibling = self.server.issue()
+        self.store.write(Record(credential=sibling), self.store.read().revision)
+        self.written.append(sibling)
+        return self.inner.refresh(credentials)
+
+    def revoke(self, credentials: Credentials) -> bool:
+        return False
+
+
+class TestFencedWrite:
+    """A refresh whose write is fenced by a sibling's newer revision never overwrites it."""
+
+    def test_the_sibling_write_wins_and_is_adopted(self, endpoint, clock, server):
+        """Catches the fenced path firing the wrong trigger or not re-reading the store."""
+        memory = MemoryStore()
+        store = CountingStore(memory)
+        racing = _SiblingWritesThenAnswers(endpoint, memory, server)
+        engine, _ = engine_on(store, racing, clock, server)
+        clock.advance(DUE)
+        store.leases = 0
+
+        token = engine.access_token()
+
+        assert 1 == store.leases  # the refresh's own: the sibling's write is adopted at once
+
+        assert [token] == [c.access_token for c in racing.written]
+        assert (State.RELOADED, racing.written) == (engine.state, [engine.credentials])
+        assert racing.written == [stored_record(store).credential]
+        assert 1 == server.token_calls
+
+
+class TestRefreshWhileUnsaved:
+    """A refresh that lands in the store ends the pending save of the credential it replaced."""
+
+    def test_no_save_retry_after_a_saved_refresh(self, file_store, endpoint, clock, server):
+        """Catches a saved refresh leaving the older pending save behind (a lease per call)."""
+        store = FaultyStore(file_store)
+        engine, _ = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.writes_fail = True
+        engine.access_token()
+        store.writes_fail = False
+
+        token = engine.refresh()  # before the save retry is due
+        clock.advance(5)
+        store.reads = store.writes = store.leases = 0
+
+        assert token == engine.access_token()
+        assert (0, False) == (store.io, engine.status().unsaved)
+        assert token == stored_record(file_store).credential.access_token
+        assert (2, 0) == (server.token_calls, server.reuse_rejections)
+
+    def test_a_second_unsaved_refresh_keeps_the_retry_schedule(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches an unsaved refresh restarting the save retries at 1 s (a write per second)."""
+        store = FaultyStore(file_store)
+        engine, _ = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.writes_fail = True
+        engine.access_token()
+        minted_at = clock()
+        token = engine.refresh()  # unsaved again: the second failure, retried after 2 s
+        writes = store.writes
+
+        attempts = []
+        for offset in (1, 2):
+            clock.set(minted_at + offset)
+            assert token == engine.access_token()
+            attempts.append(store.writes - writes)
+
+        assert [0, 1] == attempts
+        assert (2, 0) == (server.token_calls, server.reuse_rejections)
+
+
+class TestBusyLease:
+    """A lease held elsewhere is tried in 20 ms slices for the policy's lease timeout, no more."""
+
+    @pytest.mark.parametrize(("timeout_ms", "attempts"), [(10, 1), (50, 3)])
+    def test_attempts_per_lease_timeout(
+        self, file_store, endpoint, clock, server, timeout_ms, attempts
+    ):
+        """Catches the wait taking one slice too many or too few before it gives up."""
+        policy = attrs.evolve(POLICY, lease_timeout=timedelta(milliseconds=timeout_ms))
+        store = CountingStore(file_store)
+        engine = AuthEngine(store, endpoint, policy, clock=clock)
+        creds = server.issue()
+        engine.login(creds)
+        clock.advance(DUE)
+        store.leases = 0
+
+        with FileStore(file_store.path).lease(1.0):
+            assert creds.access_token == engine.access_token()
+
+        assert (attempts, 0) == (store.leases, server.token_calls)
+        assert "lease_timeout" == engine.status().failure
