@@ -677,3 +677,70 @@ def _redis_url_store_async() -> Iterator[object]:
 
 
 _ = ScriptedResponse, OAuthTokenEndpoint
+
+
+class TestErrorFields:
+    """What callers read off the errors and the status in the corners above."""
+
+    def test_a_lease_timeout_says_when_to_try_again(self, file_store, endpoint, clock, server):
+        policy = Policy(jitter=half, lease_timeout=timedelta(milliseconds=100))
+        engine = AuthEngine(file_store, endpoint, policy, clock=clock)
+        engine.login(server.issue())
+        clock.advance(3600)
+        with FileStore(file_store.path).lease(timeout=1.0):
+            engine.access_token()  # waits once, then serves the old token while backing off
+            clock.advance(60)  # past that backoff
+            with pytest.raises(RefreshFailed) as caught:
+                engine.refresh()
+
+        status = engine.status()
+        assert "lease_timeout" == caught.value.reason
+        assert caught.value.retry_at is not None
+        assert caught.value.retry_at > clock()
+        assert status.retry_at is not None
+        assert caught.value.retry_at == status.retry_at.timestamp()
+
+    def test_a_failed_recovery_names_its_cause_and_retry_time(
+        self, file_store, endpoint, clock, server
+    ):
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        creds = server.issue()
+        engine.login(creds)
+        server.fail_next(503)
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.recover(creds.access_token)
+
+        assert "http_503" == caught.value.reason
+        assert caught.value.retry_at == clock() + 1.0  # the first backoff, jitter fixed at 1/2
+
+    def test_a_refresh_that_lands_clears_an_unsaved_state(
+        self, file_store, endpoint, clock, server
+    ):
+        """The store heals between a failed save retry and the next refresh's write."""
+
+        class FailsSome(FlakyStore):
+            failures = 0
+
+            def write(self, record: Record, expected_revision: int | None) -> Record:
+                if self.failures:
+                    self.failures -= 1
+                    raise StorageUnavailable("No space left on device")
+                return self.inner.write(record, expected_revision)
+
+        store = FailsSome(file_store)
+        engine = AuthEngine(store, endpoint, POLICY, clock=clock)
+        engine.login(server.issue())
+        clock.advance(3600)
+        store.failures = 2  # both attempts of the refresh's save
+        engine.access_token()
+        assert engine.status().unsaved
+        store.failures = 1  # the next save retry fails; the refresh after it writes
+        clock.advance(3600)
+
+        token = engine.access_token()
+
+        status = engine.status()
+        assert (False, None) == (status.unsaved, status.failure)
+        assert token == stored(file_store).access_token
+        assert (2, 0) == (server.token_calls, server.reuse_rejections)
