@@ -25,15 +25,15 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import attrs
 import filelock
 
 from ...engine import LeaseTimeout, Record, StorageCorrupt, StorageUnavailable, WriteConflict
 from ._codec import Codec, CodecError, NativeCodec
+from ._commit import Make, bumped, unchanged
 from ._encryption import bind_codec, is_encrypted
 
 __all__ = ["FileStore"]
@@ -263,10 +263,7 @@ class FileStore:
 
     def write(self, record: Record, expected_revision: int | None) -> Record:
         """Compare-and-swap under the OS lock; the new file is on disk when this returns."""
-        return self._commit(
-            expected_revision,
-            lambda found, _current: attrs.evolve(record, revision=(found or 0) + 1),
-        )
+        return self._commit(expected_revision, bumped(record))
 
     def reseal(self, expected_revision: int) -> Record:
         """
@@ -274,17 +271,9 @@ class FileStore:
         (an ``EncryptedCodec`` seals it with its current key): what ``rotate_key`` does.
         ``WriteConflict`` unless the file holds revision ``expected_revision``.
         """
+        return self._commit(expected_revision, unchanged(self.location, expected_revision))
 
-        def same(found: int | None, current: Record | None) -> Record:
-            if current is None:
-                raise WriteConflict(self.location, expected_revision, found)
-            return current
-
-        return self._commit(expected_revision, same)
-
-    def _commit(
-        self, expected_revision: int | None, make: Callable[[int | None, Record | None], Record]
-    ) -> Record:
+    def _commit(self, expected_revision: int | None, make: Make) -> Record:
         with self._lease.guard(self._lock_timeout):
             # A corrupt file raises here: it is never overwritten.
             previous, current = self._load()

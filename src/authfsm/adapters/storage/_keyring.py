@@ -28,16 +28,15 @@ import hashlib
 import importlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
-import attrs
-
 from ...engine import LeaseTimeout, Record, StorageCorrupt, StorageUnavailable, WriteConflict
 from ._chunked import ChunkedSecret, SecretTooLarge, TornSecret, default_max_size
 from ._codec import Codec, CodecError, NativeCodec
+from ._commit import Make, bumped, unchanged
 from ._encryption import bind_codec, is_encrypted
 from ._file import LockFileLease
 
@@ -198,10 +197,7 @@ class KeyringStore:
             ) from None
 
     def write(self, record: Record, expected_revision: int | None) -> Record:
-        return self._commit(
-            expected_revision,
-            lambda found, _current: attrs.evolve(record, revision=(found or 0) + 1),
-        )
+        return self._commit(expected_revision, bumped(record))
 
     def reseal(self, expected_revision: int) -> Record:
         """
@@ -209,17 +205,9 @@ class KeyringStore:
         (an ``EncryptedCodec`` seals it with its current key): what ``rotate_key`` does.
         ``WriteConflict`` unless the secret holds revision ``expected_revision``.
         """
+        return self._commit(expected_revision, unchanged(self.location, expected_revision))
 
-        def same(found: int | None, current: Record | None) -> Record:
-            if current is None:
-                raise WriteConflict(self.location, expected_revision, found)
-            return current
-
-        return self._commit(expected_revision, same)
-
-    def _commit(
-        self, expected_revision: int | None, make: Callable[[int | None, Record | None], Record]
-    ) -> Record:
+    def _commit(self, expected_revision: int | None, make: Make) -> Record:
         with self._lease.guard(self._lock_timeout):
             previous, current = self._load()  # a corrupt secret raises: it is never overwritten
             found = current.revision if current is not None else None
