@@ -26,6 +26,7 @@ from .engine import (
     RefreshFailed,
     StorageCorrupt,
     StorageUnavailable,
+    StorageUnreplicated,
     WriteConflict,
 )
 from .states import TRANSITIONS, State
@@ -53,6 +54,7 @@ __all__ = [
     "State",
     "StorageCorrupt",
     "StorageUnavailable",
+    "StorageUnreplicated",
     "WriteConflict",
     "__version__",
 ]

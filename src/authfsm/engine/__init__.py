@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._async import AsyncAuthEngine, BlockingStoreInLoop
 from ._core import minted, observe
 from ._credentials import Credentials, Kind, decode_jwt_claims, fingerprint
-from ._effects import AsyncStore, AsyncTokenEndpoint
+from ._effects import AsyncReleaseWatch, AsyncStore, AsyncTokenEndpoint
 from ._errors import (
     AccountMismatch,
     AuthError,
@@ -22,6 +22,7 @@ from ._errors import (
     RefreshFailed,
     StorageCorrupt,
     StorageUnavailable,
+    StorageUnreplicated,
     WriteConflict,
 )
 from ._identity import Identity, IdentityClaims, identity_of, is_compatible
@@ -32,6 +33,7 @@ from ._ports import (
     PermanentFailure,
     Refreshed,
     RefreshOutcome,
+    ReleaseWatch,
     Store,
     TokenEndpoint,
     TransientFailure,
@@ -44,6 +46,7 @@ __all__ = [
     "PERMANENT_ERROR_CODES",
     "AccountMismatch",
     "AsyncAuthEngine",
+    "AsyncReleaseWatch",
     "AsyncStore",
     "AsyncTokenEndpoint",
     "AuthEngine",
@@ -68,8 +71,10 @@ __all__ = [
     "RefreshFailed",
     "RefreshOutcome",
     "Refreshed",
+    "ReleaseWatch",
     "StorageCorrupt",
     "StorageUnavailable",
+    "StorageUnreplicated",
     "Store",
     "TokenEndpoint",
     "TransientFailure",

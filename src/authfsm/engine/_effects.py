@@ -28,6 +28,7 @@ from ._record import Record
 
 __all__ = [
     "AcquireLease",
+    "AsyncReleaseWatch",
     "AsyncStore",
     "AsyncTokenEndpoint",
     "CallEndpoint",
@@ -108,6 +109,13 @@ class AsyncStore(Protocol):
 
 
 @runtime_checkable
+@runtime_checkable
+class AsyncReleaseWatch(Protocol):
+    """:class:`~authfsm.engine.ReleaseWatch` for asyncio stores."""
+
+    async def wait_for_release(self, timeout: float) -> None: ...
+
+
 class AsyncTokenEndpoint(Protocol):
     """A token endpoint with coroutine methods."""
 

@@ -19,6 +19,7 @@ __all__ = [
     "RefreshFailed",
     "StorageCorrupt",
     "StorageUnavailable",
+    "StorageUnreplicated",
     "WriteConflict",
 ]
 
@@ -112,6 +113,34 @@ class StorageUnavailable(AuthError, OSError):
 
     def __init__(self, message: str, *, reason: str = "storage_unavailable") -> None:
         super().__init__(message, reason=reason)
+
+
+class StorageUnreplicated(StorageUnavailable):
+    """
+    A write reached the store's primary, but fewer replicas than required acknowledged it in time.
+
+    The write is not undone (nothing can take it back), but a failover now could bring back the
+    record it replaced. The engine keeps the credential it wrote, serves it, never adopts the
+    older record back, and writes it again until the replicas acknowledge it
+    (``AuthStatus.unsaved`` stays true meanwhile; its failure reason is ``"unreplicated"``).
+
+    Attributes:
+        acknowledged: how many replicas acknowledged the write.
+        required: how many the store was told to wait for (``min_replicas``).
+    """
+
+    acknowledged: int
+    required: int
+
+    def __init__(self, location: str, *, acknowledged: int, required: int, timeout: float) -> None:
+        super().__init__(
+            f"The write to {location} reached the primary, but {acknowledged} of {required} "
+            f"required replicas acknowledged it within {timeout:g} s; it is kept and written "
+            "again until they do.",
+            reason="unreplicated",
+        )
+        self.acknowledged = acknowledged
+        self.required = required
 
 
 class WriteConflict(AuthError, RuntimeError):

@@ -20,6 +20,7 @@ __all__ = [
     "PermanentFailure",
     "RefreshOutcome",
     "Refreshed",
+    "ReleaseWatch",
     "Store",
     "TokenEndpoint",
     "TransientFailure",
@@ -69,6 +70,27 @@ class Store(Protocol):
 
     def lease(self, timeout: float) -> AbstractContextManager[None]:
         """Mutual exclusion among all engines sharing the store; ``LeaseTimeout`` on timeout."""
+        ...
+
+
+@runtime_checkable
+class ReleaseWatch(Protocol):
+    """
+    A store that can tell a waiting engine when its lease is given back (optional).
+
+    Followers of a refresh call this while a sibling holds the lease, then read the store and
+    adopt what the leader wrote: they sleep until woken instead of polling. A store without it
+    is polled every 20 ms.
+    """
+
+    def wait_for_release(self, timeout: float) -> None:
+        """
+        Return once the lease is free, or after ``timeout`` seconds (whichever comes first).
+
+        Returns at once when nobody holds the lease when called, so a release just before the
+        call is never missed; returning early for no reason is allowed (the caller looks
+        again). Never takes the lease. Raises ``StorageUnavailable`` like ``read()``.
+        """
         ...
 
 

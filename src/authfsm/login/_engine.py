@@ -222,4 +222,3 @@ def superseded(previous: Credentials | None, new: Credentials) -> Credentials | 
     if previous.refresh_token == new.refresh_token:
         return None
     return previous
-
