@@ -49,6 +49,7 @@ class CountingStore:
         self.reads = 0
         self.writes = 0
         self.leases = 0
+        self.waits = 0
 
     @property
     def location(self) -> str:
@@ -69,6 +70,10 @@ class CountingStore:
     def lease(self, timeout: float) -> AbstractContextManager[None]:
         self.leases += 1
         return self.inner.lease(timeout)
+
+    def wait_for_release(self, timeout: float) -> None:
+        self.waits += 1
+        self.inner.wait_for_release(timeout)
 
     @property
     def io(self) -> int:

@@ -146,4 +146,3 @@ def test_denied_login_exits_1_and_writes_nothing(idp, tmp_path):
 
     assert 1 == done.returncode
     assert not store.exists()
-

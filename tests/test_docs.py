@@ -86,8 +86,19 @@ class TestDocsBuild:
             pytest.fail("Sphinx is not installed: pip install -e '.[docs]'", pytrace=False)
         done = subprocess.run(
             [
-                sys.executable, "-m", "sphinx", "-W", "--keep-going", "-E", "-q",
-                "-b", "html", "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html"),
+                sys.executable,
+                "-m",
+                "sphinx",
+                "-W",
+                "--keep-going",
+                "-E",
+                "-q",
+                "-b",
+                "html",
+                "-d",
+                str(tmp_path / "doctrees"),
+                str(DOCS),
+                str(tmp_path / "html"),
             ],
             env=_offline_env(tmp_path),
             capture_output=True,
@@ -98,4 +109,3 @@ class TestDocsBuild:
         assert 0 == done.returncode, done.stderr
         assert (tmp_path / "html" / "index.html").is_file()
         assert (tmp_path / "html" / "_images" / "lifecycle.svg").is_file()
-

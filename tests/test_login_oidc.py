@@ -441,4 +441,3 @@ def test_storm_of_32_processes_one_refresh_and_the_grant_survives(oidc_provider,
         f"{naive_revoked} grant revocation(s), "
         f"{sum(r['ok'] for r in naive_replies)}/{FLEET} working"
     )
-

@@ -77,6 +77,11 @@ METRICS: Final[Mapping[str, tuple[str, str, str]]] = {
         "{conflict}",
         "Writes the store fenced off: the lease was lost and a sibling wrote meanwhile.",
     ),
+    "authfsm.write.unreplicated": (
+        "counter",
+        "{write}",
+        "Writes fewer replicas than min_replicas acknowledged in time (kept, written again).",
+    ),
     "authfsm.http.unauthorized.recovered": (
         "counter",
         "{request}",
@@ -173,6 +178,7 @@ class _Instruments:
         self.lease_wait = histogram("authfsm.lease.wait.duration")
         self.lease_timeouts = counter("authfsm.lease.timeouts")
         self.write_conflicts = counter("authfsm.write.conflicts")
+        self.unreplicated = counter("authfsm.write.unreplicated")
         self.recovered = counter("authfsm.http.unauthorized.recovered")
         self.unrecovered = counter("authfsm.http.unauthorized.failed")
         gauge("authfsm.credential.expires_in", self._expires_in)
@@ -369,6 +375,9 @@ def _handlers(
         if fields.get("reason") == "write_conflict":
             on.write_conflicts.add(1, at())
 
+    def unreplicated(_fields: Mapping[str, Any]) -> None:
+        on.unreplicated.add(1, at())
+
     def recovered(_fields: Mapping[str, Any]) -> None:
         on.recovered.add(1, at())
 
@@ -384,6 +393,7 @@ def _handlers(
         "authfsm.lease.timeout": lease_timeout,
         "authfsm.store.fenced": fenced,
         "authfsm.store.write_failed": write_failed,
+        "authfsm.store.unreplicated": unreplicated,
         "authfsm.recover.succeeded": recovered,
         "authfsm.recover.failed": unrecovered,
     }

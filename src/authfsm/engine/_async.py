@@ -22,6 +22,7 @@ from ..states import State
 from ._checks import check_endpoint, check_policy, check_store
 from ._credentials import Credentials
 from ._effects import (
+    POLL_INTERVAL,
     AsyncStore,
     AsyncTokenEndpoint,
     Commitment,
@@ -33,7 +34,7 @@ from ._errors import EngineMisuse
 from ._events import EventLog, Observer
 from ._flows import EngineCore
 from ._policy import Policy
-from ._ports import Store
+from ._ports import ReleaseWatch, Store
 from ._record import Record
 from ._status import AuthStatus
 
@@ -77,6 +78,13 @@ class BlockingStoreInLoop:
 
     def lease(self, timeout: float) -> contextlib.AbstractAsyncContextManager[None]:
         return poll_lease(self._store, timeout, self._poll)
+
+    async def wait_for_release(self, timeout: float) -> None:
+        """The store's own wait in a worker thread (it ends by ``timeout``), else a short sleep."""
+        if isinstance(self._store, ReleaseWatch):
+            await asyncio.to_thread(self._store.wait_for_release, timeout)
+        else:
+            await asyncio.sleep(max(min(timeout, POLL_INTERVAL), 0.0))
 
 
 class AsyncAuthEngine:

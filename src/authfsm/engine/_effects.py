@@ -23,14 +23,16 @@ import attrs
 
 from ._credentials import Credentials
 from ._errors import LeaseTimeout
-from ._ports import RefreshOutcome, Store, TokenEndpoint, TransientFailure
+from ._ports import RefreshOutcome, ReleaseWatch, Store, TokenEndpoint, TransientFailure
 from ._record import Record
 
 __all__ = [
+    "POLL_INTERVAL",
     "AcquireLease",
     "AsyncReleaseWatch",
     "AsyncStore",
     "AsyncTokenEndpoint",
+    "AwaitRelease",
     "CallEndpoint",
     "Commitment",
     "Effect",
@@ -72,6 +74,18 @@ class ReleaseLease:
 
 
 @attrs.frozen
+class AwaitRelease:
+    """
+    Sleep until a sibling gives the lease back, at most ``timeout`` seconds (result: None).
+
+    A store that implements :class:`~authfsm.engine.ReleaseWatch` wakes the waiter at once; any
+    other store is looked at again after :data:`POLL_INTERVAL` (or ``timeout``, if shorter).
+    """
+
+    timeout: float
+
+
+@attrs.frozen
 class CallEndpoint:
     """Spend the credential's refresh token (result: a ``RefreshOutcome``)."""
 
@@ -85,11 +99,22 @@ class RevokeAtEndpoint:
     credentials: Credentials = attrs.field(repr=False)
 
 
-Effect = ReadStore | WriteStore | AcquireLease | ReleaseLease | CallEndpoint | RevokeAtEndpoint
+Effect = (
+    ReadStore
+    | WriteStore
+    | AcquireLease
+    | ReleaseLease
+    | AwaitRelease
+    | CallEndpoint
+    | RevokeAtEndpoint
+)
 Flow = Generator[Effect, Any, T]
 
 READ = ReadStore()
 RELEASE = ReleaseLease()
+
+#: How long a waiter sleeps between looks at a store that cannot wake it (no ``ReleaseWatch``).
+POLL_INTERVAL: float = 0.02
 
 
 @runtime_checkable
@@ -199,6 +224,12 @@ def _perform(
     if isinstance(effect, ReleaseLease):
         leases.pop().__exit__(None, None, None)
         return None
+    if isinstance(effect, AwaitRelease):
+        if isinstance(store, ReleaseWatch):
+            store.wait_for_release(effect.timeout)
+        else:
+            time.sleep(max(min(effect.timeout, POLL_INTERVAL), 0.0))
+        return None
     if isinstance(effect, CallEndpoint):
         assert endpoint is not None, "the core checks for an endpoint first"
         return _outcome(lambda: endpoint.refresh(effect.credentials))
@@ -264,6 +295,12 @@ async def _perform_async(
         return None
     if isinstance(effect, ReleaseLease):
         await asyncio.shield(leases.pop().__aexit__(None, None, None))
+        return None
+    if isinstance(effect, AwaitRelease):
+        if isinstance(store, AsyncReleaseWatch):
+            await store.wait_for_release(effect.timeout)
+        else:
+            await asyncio.sleep(max(min(effect.timeout, POLL_INTERVAL), 0.0))
         return None
     if isinstance(effect, CallEndpoint):
         assert endpoint is not None, "the core checks for an endpoint first"

@@ -27,6 +27,7 @@ from ._effects import (
     READ,
     RELEASE,
     AcquireLease,
+    AwaitRelease,
     CallEndpoint,
     Flow,
     RevokeAtEndpoint,
@@ -40,6 +41,7 @@ from ._errors import (
     ReauthRequired,
     RefreshFailed,
     StorageUnavailable,
+    StorageUnreplicated,
     WriteConflict,
 )
 from ._events import EventLog
@@ -60,10 +62,17 @@ _HOLDING: Final = frozenset({State.FRESH, State.RELOADED, State.STALE})
 # Each pass of the serve loop returns, raises, or fires a trigger that moves towards a served
 # state; four passes cover the longest path (adopt -> expire -> refresh -> serve).
 _MAX_PASSES: Final = 4
+# The failure reasons of a credential this engine holds and the store does not (yet) keep safe.
+_UNSAVED: Final = frozenset({"unsaved", "unreplicated"})
 # Failure reasons that describe the store, not the credential: cleared once it answers again.
 _STORE_FAILURES: Final = frozenset({"storage_unavailable", "storage_timeout", "permission_denied"})
-# How long one wait for a busy lease lasts before the store is looked at again.
-_LEASE_SLICE: Final = 0.02
+# The longest a follower sleeps on a busy lease before it looks at the store again, even if
+# no release woke it: the safety net for a holder that vanished without a word (a Redis lease
+# that expired with its process).
+_WATCH_SLICE: Final = 0.25
+# Looks at the store while waiting for one lease, at most: the lease timeout bounds the wait, and
+# this bounds it too when the timer does not move.
+_MAX_LOOKS: Final = 100_000
 # A failed write of freshly minted tokens is tried this many times in all under the same lease
 # (a dropped connection is reconnected by the second); after that, at later calls (_Unsaved).
 _SAVE_ATTEMPTS: Final = 2
@@ -86,14 +95,23 @@ class _Unsaved:
     ``base`` is the revision the credential was minted from (None: the store was empty). A store
     record at or below it is an older copy: it is never adopted back (its refresh token may be
     spent), and the write is tried again under the lease, at ``retry_at`` and on later calls.
+
+    ``unreplicated``: the write reached the store's primary, but not the replicas it must reach
+    (``StorageUnreplicated``); the record there is this credential, yet a failover could bring
+    back the older one. It is written again (a new revision, waited for again) until they do.
     """
 
-    __slots__ = ("attempts", "base", "retry_at")
+    __slots__ = ("attempts", "base", "retry_at", "unreplicated")
 
-    def __init__(self, base: int | None, retry_at: float) -> None:
+    def __init__(self, base: int | None, retry_at: float, *, unreplicated: bool = False) -> None:
         self.base = base
         self.retry_at = retry_at
         self.attempts = 0
+        self.unreplicated = unreplicated
+
+    @property
+    def failure(self) -> str:
+        return "unreplicated" if self.unreplicated else "unsaved"
 
 
 def _utc(ts: float) -> datetime | None:
@@ -298,12 +316,15 @@ class EngineCore:
         if not isinstance(credentials, Credentials):
             raise InvalidCredentials("login() takes a Credentials value")
         yield AcquireLease(self._lease_timeout())
+        unreplicated: StorageUnreplicated | None = None
         try:
             record = yield READ
             replaced = record.credential if record is not None else None
-            yield WriteStore(
-                Record(credential=credentials), record.revision if record is not None else None
-            )
+            base = record.revision if record is not None else None
+            try:
+                yield WriteStore(Record(credential=credentials), base)
+            except StorageUnreplicated as error:
+                unreplicated = error  # stored on the primary: kept, and written again later
         finally:
             yield RELEASE
         facts = observe(
@@ -317,6 +338,9 @@ class EngineCore:
         self.unsaved = None
         self.lifecycle.fire("login", facts)
         self._take(credentials)
+        if unreplicated is not None:
+            self._unreplicated(unreplicated, credentials)
+            self._mark_unsaved(base, self.clock(), unreplicated=True)
         return replaced
 
     def logout(self, *, revoke: bool) -> Flow[bool]:
@@ -329,7 +353,17 @@ class EngineCore:
                 for cred in {c for c in (self.cred, stored) if c is not None}:
                     revoked.append(bool((yield RevokeAtEndpoint(cred))))
             if record is not None and record.credential is not None:
-                yield WriteStore(Record(credential=None), record.revision)
+                try:
+                    yield WriteStore(Record(credential=None), record.revision)
+                except StorageUnreplicated as error:
+                    # The tombstone is on the primary; a failover may bring the credential
+                    # back for other engines, but this one is logged out all the same.
+                    self.log.emit(
+                        "warning",
+                        "authfsm.store.unreplicated",
+                        acknowledged=error.acknowledged,
+                        required=error.required,
+                    )
         finally:
             yield RELEASE
         self.unsaved = None
@@ -434,34 +468,25 @@ class EngineCore:
 
     def _await_lease(self) -> Flow[bool]:
         """
-        Take the lease; while a sibling holds it, keep watching the store.
+        Take the lease; while a sibling holds it, sleep until it is given back, then look.
 
         Followers of a refresh do not queue for the lease only to re-read the store one after
-        the other: between short waits they read the store, and adopt (returning False) as soon
-        as the leader's write lands. The wait is bounded by the policy's lease timeout; a lease
-        that cannot be had backs this engine off like any transient failure, so a hung holder
-        costs every sibling one wait, not one per call.
+        the other: each one sleeps until the leader releases the lease (a store that can tell,
+        :class:`ReleaseWatch`, wakes every waiter at once; any other is looked at every 20 ms),
+        reads the store, and adopts (returning False) what the leader wrote. Only when nothing
+        new was written does a follower try to take the lease itself. The wait is bounded by
+        the policy's lease timeout; a lease that cannot be had backs this engine off like any
+        transient failure, so a hung holder costs every sibling one wait, not one per call.
         """
         total = self._lease_timeout()
-        waits = max(1, math.ceil(total / _LEASE_SLICE))
         started = self.timer()
-        for attempt in range(waits):
+        for _look in range(_MAX_LOOKS):
             try:
-                yield AcquireLease(min(_LEASE_SLICE, max(total - attempt * _LEASE_SLICE, 0.0)))
+                yield AcquireLease(0.0)
             except LeaseTimeout:
-                if attempt == waits - 1:
-                    self._back_off("lease_timeout", lease=True)
-                    self.log.emit(
-                        "warning",
-                        "authfsm.lease.timeout",
-                        duration=round(self.timer() - started, 6),
-                        retry_in=round(self.retry_at - self.clock(), 3),
-                    )
-                    raise LeaseTimeout(
-                        f"Another engine held the refresh lease for over {total:g} s.",
-                        reason="lease_timeout",
-                        retry_at=self.retry_at,
-                    ) from None
+                left = total - (self.timer() - started)
+                if left <= 0:
+                    break
             except StorageUnavailable as error:
                 self.lease_failed = True
                 self.failure = error.reason
@@ -473,10 +498,22 @@ class EngineCore:
                         self.failure = None
                 self._waited("acquired", started)
                 return True
+            yield AwaitRelease(min(left, _WATCH_SLICE))
             if self._sync((yield READ), reason="while_waiting_for_lease"):
                 self._waited("adopted", started)
                 return False
-        raise AssertionError("unreachable: the last wait returns or raises")
+        self._back_off("lease_timeout", lease=True)
+        self.log.emit(
+            "warning",
+            "authfsm.lease.timeout",
+            duration=round(self.timer() - started, 6),
+            retry_in=round(self.retry_at - self.clock(), 3),
+        )
+        raise LeaseTimeout(
+            f"Another engine held the refresh lease for over {total:g} s.",
+            reason="lease_timeout",
+            retry_at=self.retry_at,
+        )
 
     def _waited(self, outcome: str, started: float) -> None:
         duration = round(self.timer() - started, 6)
@@ -530,10 +567,15 @@ class EngineCore:
             yield from self._on_transient(reference, record, failure, now)
             return
         expected = record.revision if record is not None else None
-        saved = False
+        saved = unreplicated = False
         for _attempt in range(_SAVE_ATTEMPTS):
             try:
                 yield WriteStore(Record(credential=new), expected)
+            except StorageUnreplicated as error:
+                # Written, but a failover could still lose it: never try that revision again.
+                self._unreplicated(error, new)
+                unreplicated = True
+                break
             except WriteConflict:
                 # Fenced: our lease lapsed and a sibling wrote meanwhile. Never overwrite it.
                 # Leave REFRESHING first: from there the table's fallback row would poison us.
@@ -551,7 +593,7 @@ class EngineCore:
                 break
         if saved and self.unsaved is not None:
             self.unsaved = None  # the store holds this engine's newest credential now
-        if saved and self.failure == "unsaved":
+        if saved and self.failure in _UNSAVED:
             self.failure = None
         self.lifecycle.fire("refreshed", facts)
         if self.failure == "rejected_after_refresh":
@@ -560,18 +602,28 @@ class EngineCore:
         self._take(new)
         if not saved:
             # Keep serving them, never adopt the older stored copy back, and write them again
-            # under the lease on later calls until the write lands.
-            self._mark_unsaved(expected, now)
+            # under the lease on later calls until the write lands (and is replicated).
+            self._mark_unsaved(expected, now, unreplicated=unreplicated)
         self.log.emit("info", "authfsm.refresh.succeeded", fingerprint=new.fingerprint)
 
-    def _mark_unsaved(self, base: int | None, now: float) -> None:
+    def _mark_unsaved(self, base: int | None, now: float, *, unreplicated: bool) -> None:
         unsaved = self.unsaved if self.unsaved is not None else _Unsaved(base, now)
         unsaved.base = base
+        unsaved.unreplicated = unreplicated
         unsaved.attempts += 1
         unsaved.retry_at = now + backoff_delay(unsaved.attempts, None, self.policy)
         self.unsaved = unsaved
-        self.failure = "unsaved"
+        self.failure = unsaved.failure
         self._publish()
+
+    def _unreplicated(self, error: StorageUnreplicated, cred: Credentials) -> None:
+        self.log.emit(
+            "warning",
+            "authfsm.store.unreplicated",
+            acknowledged=error.acknowledged,
+            required=error.required,
+            fingerprint=cred.fingerprint,
+        )
 
     def _save_unsaved(self) -> Flow[None]:
         """Write the credential the store does not hold yet, under the lease (see _Unsaved)."""
@@ -583,20 +635,23 @@ class EngineCore:
             yield AcquireLease(min(self._lease_timeout(), _SAVE_LEASE_WAIT))
         except AuthError as error:
             self.log.emit("warning", "authfsm.store.save_retry_failed", reason=error.reason)
-            self._mark_unsaved(unsaved.base, self.clock())
+            self._mark_unsaved(unsaved.base, self.clock(), unreplicated=unsaved.unreplicated)
             return
         try:
             record = yield READ
-            if self._stored(record) is not cred:
+            if self._stored(record) is not cred and not self._unreplicated_copy(record):
                 self._sync(record, reason="unsaved_superseded")
                 return
             yield WriteStore(Record(credential=cred), record.revision if record else None)
+        except StorageUnreplicated as error:
+            self._unreplicated(error, cred)
+            self._mark_unsaved(unsaved.base, self.clock(), unreplicated=True)
         except AuthError as error:
             self.log.emit("warning", "authfsm.store.save_retry_failed", reason=error.reason)
-            self._mark_unsaved(unsaved.base, self.clock())
+            self._mark_unsaved(unsaved.base, self.clock(), unreplicated=unsaved.unreplicated)
         else:
             self.unsaved = None
-            if self.failure == "unsaved":
+            if self.failure in _UNSAVED:
                 self.failure = None
             self._publish()
             self.log.emit("info", "authfsm.store.saved", fingerprint=cred.fingerprint)
@@ -718,6 +773,17 @@ class EngineCore:
             return self.cred
         return record.credential if record is not None else None
 
+    def _unreplicated_copy(self, record: Record | None) -> bool:
+        """The store's primary holds this engine's credential, not yet known to be replicated."""
+        return (
+            self.unsaved is not None
+            and self.unsaved.unreplicated
+            and self.cred is not None
+            and record is not None
+            and record.credential is not None
+            and record.credential.fingerprint == self.cred.fingerprint
+        )
+
     def _is_older_copy(self, record: Record | None) -> bool:
         """The store holds what this engine's unsaved credential replaced (or nothing)."""
         unsaved = self.unsaved
@@ -743,8 +809,10 @@ class EngineCore:
         now = self.clock()
         state = self.state
         if self.unsaved is not None and not judge_against_nothing:
-            if self._is_older_copy(record):
-                return False  # never adopt back what this engine's credential replaced
+            if self._is_older_copy(record) or self._unreplicated_copy(record):
+                # Never adopt back what this engine's credential replaced; and its own write,
+                # not yet replicated, is nothing new (it is written again until it is).
+                return False
             landed = (
                 record is not None
                 and record.credential is not None
@@ -754,7 +822,7 @@ class EngineCore:
             if not landed:
                 self.log.emit("warning", "authfsm.store.unsaved_superseded", reason=reason)
             self.unsaved = None
-            if self.failure == "unsaved":
+            if self.failure in _UNSAVED:
                 self.failure = None
             self._publish()
         if record is None and state in _HOLDING and self.cred is not None:

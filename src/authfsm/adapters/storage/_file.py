@@ -35,6 +35,7 @@ from ...engine import LeaseTimeout, Record, StorageCorrupt, StorageUnavailable, 
 from ._codec import Codec, CodecError, NativeCodec
 from ._commit import Make, bumped, unchanged
 from ._encryption import bind_codec, is_encrypted
+from ._lock_watch import LockFileWatch
 
 __all__ = ["FileStore"]
 
@@ -75,6 +76,7 @@ class LockFileLease:
         self._lock_file = lock_file
         self._holder = threading.Lock()
         self._os_lock = filelock.FileLock(lock_file, mode=0o600, poll_interval=poll_interval)
+        self._watch = LockFileWatch(lock_file)
 
     @property
     def lock_file(self) -> Path:
@@ -92,6 +94,10 @@ class LockFileLease:
                 yield
         finally:
             self._holder.release()
+
+    def wait_for_release(self, timeout: float) -> None:
+        """Sleep until no one holds the OS lock (or ``timeout``): see :class:`LockFileWatch`."""
+        self._watch.wait_for_release(timeout)
 
     @contextmanager
     def guard(self, timeout: float) -> Iterator[None]:
@@ -311,6 +317,14 @@ class FileStore:
             ) from None
         with self._lease.hold(timeout):
             yield
+
+    def wait_for_release(self, timeout: float) -> None:
+        """
+        Sleep until the lease is free, at most ``timeout`` seconds (``ReleaseWatch``).
+
+        Every engine waiting on this file, in any process, wakes when its holder lets go.
+        """
+        self._lease.wait_for_release(timeout)
 
     def _parent(self) -> Path:
         parent = self._path.parent

@@ -250,6 +250,10 @@ class KeyringStore:
         with self._lease.hold(timeout):
             yield
 
+    def wait_for_release(self, timeout: float) -> None:
+        """Sleep until the lease is free, at most ``timeout`` seconds (``ReleaseWatch``)."""
+        self._lease.wait_for_release(timeout)
+
     def _load(self) -> tuple[str | None, Record | None]:
         """The secret and the record it holds (call with the lock held)."""
         value = self._fetch()

@@ -26,6 +26,7 @@ class MemoryStore:
         self._mutex = threading.Lock()
         # Not re-entrant: tasks of one event loop share a thread and must still exclude each other.
         self._lease = threading.Lock()
+        self._released = threading.Condition()
 
     @property
     def location(self) -> str:
@@ -60,7 +61,15 @@ class MemoryStore:
         try:
             yield
         finally:
-            self._lease.release()
+            with self._released:
+                self._lease.release()
+                self._released.notify_all()
+
+    def wait_for_release(self, timeout: float) -> None:
+        """Sleep until the lease is free, at most ``timeout`` seconds (``ReleaseWatch``)."""
+        with self._released:
+            if self._lease.locked():
+                self._released.wait(max(timeout, 0.0))
 
     def __repr__(self) -> str:
         revision = self._record.revision if self._record is not None else None

@@ -1,0 +1,109 @@
+"""
+Waiting for a lock file's lease to be given back without polling (``ReleaseWatch`` for files).
+
+The lease of a file store is an exclusive ``flock`` on its lock file. A *shared* ``flock`` on the
+same file is granted by the kernel the moment no exclusive one is held, to every shared waiter
+at once: followers of a refresh sleep in the kernel until the leader releases, instead of
+waking every few milliseconds to look (which, with dozens of followers on two cores, starved
+the leader they were waiting for).
+
+``flock`` has no timeout, so one daemon thread per watched file blocks in it for the waiters of
+this process and wakes them all through a condition variable; a waiter gives up after its own
+timeout and leaves the thread to finish whenever the holder lets go. The shared lock is released
+as soon as it is granted: it only ever signals, it never holds anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+from ...engine import StorageUnavailable
+
+__all__ = ["LockFileWatch"]
+
+
+class LockFileWatch:
+    """Wakes the waiters of this process when nobody holds the exclusive lock on ``lock_file``."""
+
+    def __init__(self, lock_file: Path) -> None:
+        self._lock_file = lock_file
+        self._changed = threading.Condition()
+        self._releases = 0  # how many times the watcher saw the lock free
+        self._watcher: tuple[int, threading.Thread] | None = None  # (pid, thread)
+
+    def wait_for_release(self, timeout: float) -> None:
+        """Return once the exclusive lock is free, or after ``timeout`` seconds."""
+        if self._is_free():
+            return
+        with self._changed:
+            seen = self._releases
+            self._ensure_watcher()
+            self._changed.wait_for(lambda: self._releases != seen, max(timeout, 0.0))
+
+    def _is_free(self) -> bool:
+        """One non-blocking try for the shared lock (a missing file: nobody holds it)."""
+        fd = self._open()
+        if fd is None:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as error:
+            raise self._unavailable(error) from None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return True
+        finally:
+            os.close(fd)
+
+    def _ensure_watcher(self) -> None:
+        """Start the thread that waits in the kernel, unless it already does (in this process)."""
+        watcher = self._watcher
+        if watcher is not None and watcher[0] == os.getpid() and watcher[1].is_alive():
+            return
+        thread = threading.Thread(
+            target=self._watch, name=f"authfsm-watch:{self._lock_file.name}", daemon=True
+        )
+        self._watcher = (os.getpid(), thread)
+        thread.start()
+
+    def _watch(self) -> None:
+        try:
+            fd = self._open()
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # sleeps until no exclusive holder is left
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                except OSError:
+                    pass  # the waiters' own timeout is the safety net
+                finally:
+                    os.close(fd)
+        finally:
+            with self._changed:
+                self._releases += 1
+                if self._watcher is not None and self._watcher[1] is threading.current_thread():
+                    self._watcher = None
+                self._changed.notify_all()
+
+    def _open(self) -> int | None:
+        try:
+            return os.open(self._lock_file, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise self._unavailable(error) from None
+
+    def _unavailable(self, error: OSError) -> StorageUnavailable:
+        reason = (
+            "permission_denied"
+            if error.errno in (errno.EACCES, errno.EPERM)
+            else "storage_unavailable"
+        )
+        return StorageUnavailable(
+            f"Cannot watch the lease {self._lock_file}: {error.strerror}.", reason=reason
+        )

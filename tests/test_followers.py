@@ -1,0 +1,242 @@
+"""
+Followers of a refresh sleep until the leader gives the lease back, then adopt what it wrote.
+
+The file stores implement ``ReleaseWatch`` with a shared ``flock`` on the lease's lock file (the
+kernel grants it to every waiter the moment the exclusive holder lets go); ``MemoryStore`` with a
+condition variable. These tests prove the waits end at the release (long before their timeout),
+never before it, across real processes, and that an engine waiting on a busy lease sleeps
+instead of looking at the store every few milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from authfsm import AsyncAuthEngine, AuthEngine, Policy
+from authfsm.adapters import FileStore, MemoryStore, OAuthTokenEndpoint
+from authfsm.engine import Record, Refreshed, ReleaseWatch, minted
+from authfsm.testing import TokenServer
+
+from .conftest import CountingStore
+
+# Generous bounds: a wait that the release ends returns in milliseconds; one that the release
+# did not end lasts its whole timeout (10 s here).
+LONG = 10.0
+WOKEN_WITHIN = 5.0
+
+# A child process that holds the lease of a file store until told to let go on stdin.
+_HOLDER = """
+import sys
+from authfsm.adapters import FileStore
+
+with FileStore(sys.argv[1]).lease(5.0):
+    print("held", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
+def _timed(call: Callable[[], None]) -> tuple[threading.Thread, list[float]]:
+    """Run ``call`` in a thread; the list gets how long it took."""
+    took: list[float] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        call()
+        took.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, took
+
+
+class TestFileStoreWatch:
+    def test_is_a_release_watch(self, tmp_path: Path) -> None:
+        assert isinstance(FileStore(tmp_path / "auth.json"), ReleaseWatch)
+        assert isinstance(MemoryStore(), ReleaseWatch)
+
+    def test_returns_at_once_when_nobody_holds_it(self, tmp_path: Path) -> None:
+        store = FileStore(tmp_path / "auth.json")
+        started = time.monotonic()
+        store.wait_for_release(LONG)  # no lock file yet
+        with store.lease(1.0):
+            pass
+        store.wait_for_release(LONG)  # a lock file nobody holds
+        assert time.monotonic() - started < WOKEN_WITHIN
+
+    def test_waits_its_timeout_while_the_lease_is_held(self, tmp_path: Path) -> None:
+        path = tmp_path / "auth.json"
+        with FileStore(path).lease(1.0):
+            started = time.monotonic()
+            FileStore(path).wait_for_release(0.3)
+            assert time.monotonic() - started >= 0.3
+
+    def test_every_waiter_wakes_when_another_process_releases(self, tmp_path: Path) -> None:
+        path = tmp_path / "auth.json"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdin is not None
+            assert "held" == holder.stdout.readline().strip()
+            # Waiters in this process: on one store object, and on store objects of their own.
+            shared = FileStore(path)
+            stores = [shared, shared, *(FileStore(path) for _ in range(6))]
+            waiters = [_timed(lambda s=s: s.wait_for_release(LONG)) for s in stores]
+            time.sleep(0.3)
+            assert all(thread.is_alive() for thread, _ in waiters), "woke while still held"
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            for thread, _ in waiters:
+                thread.join(LONG + 5)
+            took = [t for _, t in waiters for t in t]
+            assert 8 == len(took)
+            assert max(took) < WOKEN_WITHIN  # the release woke them, not the 10 s timeout
+            assert min(took) >= 0.3
+        finally:
+            holder.kill()
+            holder.wait(10)
+
+    def test_a_holder_that_dies_wakes_the_waiters(self, tmp_path: Path) -> None:
+        path = tmp_path / "auth.json"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            assert "held" == holder.stdout.readline().strip()
+            thread, took = _timed(lambda: FileStore(path).wait_for_release(LONG))
+            time.sleep(0.2)
+            holder.kill()  # SIGKILL: the OS frees the lock
+            thread.join(LONG + 5)
+            assert took
+            assert took[0] < WOKEN_WITHIN
+        finally:
+            holder.kill()
+            holder.wait(10)
+
+
+class TestMemoryStoreWatch:
+    def test_waiters_wake_on_release_and_not_before(self) -> None:
+        store = MemoryStore()
+        release = threading.Event()
+
+        def hold() -> None:
+            with store.lease(1.0):
+                release.wait(LONG)
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        time.sleep(0.05)
+        waiters = [_timed(lambda: store.wait_for_release(LONG)) for _ in range(4)]
+        time.sleep(0.2)
+        assert all(thread.is_alive() for thread, _ in waiters)
+        release.set()
+        for thread, _ in waiters:
+            thread.join(LONG + 5)
+        took = [t for _, t in waiters for t in t]
+        assert 4 == len(took)
+        assert max(took) < WOKEN_WITHIN
+
+
+POLICY = Policy(lease_timeout=timedelta(seconds=20))
+
+
+def _rotate_under_lease(path: Path, server: TokenServer, hold_for: float) -> threading.Thread:
+    """A leader in another thread: holds the lease, spends the token, writes, releases."""
+    leader_ready = threading.Event()
+
+    def lead() -> None:
+        store = FileStore(path)
+        with (
+            OAuthTokenEndpoint(server.token_url, "test-client") as endpoint,
+            store.lease(5.0),
+        ):
+            leader_ready.set()
+            time.sleep(hold_for)
+            record = store.read()
+            assert record is not None
+            assert record.credential is not None
+            answer = endpoint.refresh(record.credential)
+            assert isinstance(answer, Refreshed)
+            rotated = minted(record.credential, answer, time.time(), POLICY.identity)
+            store.write(Record(credential=rotated), record.revision)
+
+    thread = threading.Thread(target=lead, daemon=True)
+    thread.start()
+    assert leader_ready.wait(10)
+    return thread
+
+
+class TestEngineFollowers:
+    def test_followers_sleep_until_the_leader_writes_then_adopt(self, tmp_path: Path) -> None:
+        path = tmp_path / "auth.json"
+        with (
+            TokenServer(access_token_ttl=3600.0) as server,
+            OAuthTokenEndpoint(server.token_url, "test-client") as endpoint,
+        ):
+            creds = server.issue(expires_in=0.2)  # due after 0.1 s (half its life)
+            FileStore(path).write(Record(credential=creds), None)
+            time.sleep(0.2)
+            stores = [CountingStore(FileStore(path)) for _ in range(4)]
+            engines = [AuthEngine(store, endpoint, POLICY) for store in stores]
+            for store in stores:
+                store.reads = 0
+            leader = _rotate_under_lease(path, server, hold_for=1.0)
+            tokens: list[str] = []
+            followers = [
+                threading.Thread(target=lambda e=e: tokens.append(e.access_token()), daemon=True)
+                for e in engines
+            ]
+            for thread in followers:
+                thread.start()
+            for thread in (leader, *followers):
+                thread.join(30)
+
+            rotated = FileStore(path).read()
+            assert rotated is not None
+            assert rotated.credential is not None
+            assert [rotated.credential.access_token] * 4 == tokens
+            assert 1 == server.token_calls  # the leader's only
+            assert 0 == server.reuse_rejections
+            # One second of waiting costs a few looks (a slice is at most 0.25 s), not 50.
+            assert all(store.waits >= 1 for store in stores)
+            assert max(store.reads for store in stores) <= 8
+
+    def test_an_async_engine_on_a_file_adopts_after_the_release(self, tmp_path: Path) -> None:
+        path = tmp_path / "auth.json"
+        with TokenServer(access_token_ttl=3600.0) as server:
+            creds = server.issue(expires_in=0.2)
+            FileStore(path).write(Record(credential=creds), None)
+            time.sleep(0.2)
+
+            async def follow() -> tuple[str, int]:
+                with OAuthTokenEndpoint(server.token_url, "test-client") as endpoint:
+                    store = CountingStore(FileStore(path))
+                    engine = AsyncAuthEngine(store, endpoint, POLICY)
+                    leader = _rotate_under_lease(path, server, hold_for=0.6)
+                    token = await engine.access_token()
+                    await asyncio.to_thread(leader.join, 30)
+                    return token, store.waits
+
+            token, waits = asyncio.run(follow())
+            rotated = FileStore(path).read()
+            assert rotated is not None
+            assert rotated.credential is not None
+            assert rotated.credential.access_token == token
+            assert (1, 0) == (server.token_calls, server.reuse_rejections)
+            assert waits >= 1
