@@ -11,6 +11,7 @@ instead of looking at the store every few milliseconds.
 from __future__ import annotations
 
 import asyncio
+import errno
 import subprocess
 import sys
 import threading
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from authfsm import AsyncAuthEngine, AuthEngine, Policy
 from authfsm.adapters import FileStore, MemoryStore, OAuthTokenEndpoint
@@ -128,6 +131,28 @@ class TestFileStoreWatch:
         finally:
             holder.kill()
             holder.wait(10)
+
+
+    def test_a_file_system_without_flock_is_polled_not_an_error(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Some network file systems answer flock with ENOLCK: wait a poll interval, no more."""
+        from authfsm.adapters.storage import _lock_watch
+
+        path = tmp_path / "auth.json"
+        store = FileStore(path)
+        with store.lease(1.0):
+            pass
+
+        def no_flock(fd: int, operation: int) -> None:
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        monkeypatch.setattr(_lock_watch.fcntl, "flock", no_flock)
+        started = time.monotonic()
+        for _ in range(5):
+            store.wait_for_release(LONG)
+        took = time.monotonic() - started
+        assert 5 * 0.02 <= took < WOKEN_WITHIN  # a short pause each time: no busy loop
 
 
 class TestMemoryStoreWatch:

@@ -10,20 +10,24 @@ the leader they were waiting for).
 ``flock`` has no timeout, so one daemon thread per watched file blocks in it for the waiters of
 this process and wakes them all through a condition variable; a waiter gives up after its own
 timeout and leaves the thread to finish whenever the holder lets go. The shared lock is released
-as soon as it is granted: it only ever signals, it never holds anything.
+as soon as it is granted: it only ever signals, it never holds anything. Where ``flock`` cannot
+answer (a file system without it, a lock file this process may not read), waiters poll every
+20 ms as before: never an error, never a busy loop.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import threading
+import time
 from pathlib import Path
 
-from ...engine import StorageUnavailable
-
 __all__ = ["LockFileWatch"]
+
+# How long a waiter pauses when the file system cannot tell whether the lock is held (no flock,
+# as on some network file systems, where filelock falls back to a soft lock): a short poll.
+_CANNOT_TELL_PAUSE = 0.02
 
 
 class LockFileWatch:
@@ -37,24 +41,34 @@ class LockFileWatch:
 
     def wait_for_release(self, timeout: float) -> None:
         """Return once the exclusive lock is free, or after ``timeout`` seconds."""
-        if self._is_free():
+        free = self._is_free()
+        if free is None:  # this file system cannot tell: look again a little later
+            time.sleep(max(min(timeout, _CANNOT_TELL_PAUSE), 0.0))
+            return
+        if free:
             return
         with self._changed:
             seen = self._releases
             self._ensure_watcher()
             self._changed.wait_for(lambda: self._releases != seen, max(timeout, 0.0))
 
-    def _is_free(self) -> bool:
-        """One non-blocking try for the shared lock (a missing file: nobody holds it)."""
-        fd = self._open()
-        if fd is None:
+    def _is_free(self) -> bool | None:
+        """
+        One non-blocking try for the shared lock: a missing lock file is free, an error (no
+        ``flock`` on this file system, no permission) is "cannot tell" (None).
+        """
+        try:
+            fd = os.open(self._lock_file, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
             return True
+        except OSError:
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        except OSError as error:
-            raise self._unavailable(error) from None
+        except OSError:
+            return None
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)
             return True
@@ -74,36 +88,17 @@ class LockFileWatch:
 
     def _watch(self) -> None:
         try:
-            fd = self._open()
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH)  # sleeps until no exclusive holder is left
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                except OSError:
-                    pass  # the waiters' own timeout is the safety net
-                finally:
-                    os.close(fd)
+            fd = os.open(self._lock_file, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # sleeps until no exclusive holder is left
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # gone or unlockable: the waiters look again (their timeout is the safety net)
         finally:
             with self._changed:
                 self._releases += 1
                 if self._watcher is not None and self._watcher[1] is threading.current_thread():
                     self._watcher = None
                 self._changed.notify_all()
-
-    def _open(self) -> int | None:
-        try:
-            return os.open(self._lock_file, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            raise self._unavailable(error) from None
-
-    def _unavailable(self, error: OSError) -> StorageUnavailable:
-        reason = (
-            "permission_denied"
-            if error.errno in (errno.EACCES, errno.EPERM)
-            else "storage_unavailable"
-        )
-        return StorageUnavailable(
-            f"Cannot watch the lease {self._lock_file}: {error.strerror}.", reason=reason
-        )
