@@ -1,44 +1,50 @@
 """
-The refresh storm: N processes find one shared credential stale at the same instant.
+The refresh storm: many callers find one shared credential stale at the same instant.
 
-For N in 1, 8 and 32 OS processes, on a ``FileStore`` and on a ``RedisStore`` (a real
-redis-server on 127.0.0.1), against the loopback ``TokenServer`` (refresh-token rotation; a reused
-refresh token revokes the whole family; a fixed ``--latency`` per token call), this measures, in
-the same run:
+Against the loopback ``TokenServer`` (refresh-token rotation; a reused refresh token revokes the
+whole family; a fixed ``--latency`` per token call), on a ``FileStore`` and on a ``RedisStore``
+(a real redis-server on 127.0.0.1), this measures in one run:
 
-- **authfsm**: every process calls ``AuthEngine.access_token()``;
-- **naive**: every process refreshes with the refresh token it holds in memory and writes the
-  result back with no lock and no compare-and-swap (what ``authfsm.demo``'s naive client does;
-  ``naive_refresh`` below is its refresh step, for the file and for Redis).
+- **processes** (``--sizes``, default 1, 8, 32 and 128): N OS processes, each calling
+  ``AuthEngine.access_token()`` (**authfsm**), and, up to ``--naive-up-to`` processes, the
+  **naive** client: every process refreshes with the refresh token it holds in memory and writes
+  the result back with no lock and no compare-and-swap (what ``authfsm.demo``'s naive client
+  does; ``naive_refresh`` in ``_storm_workers.py``);
+- **asyncio** (``--tasks`` per process in ``--task-procs`` processes, default 8 x 250): every task
+  awaits ``AsyncAuthEngine.access_token()``, with one engine per process shared by its tasks and
+  with one engine per task (``--task-engines``); the file through the async engine's
+  blocking-store adapter, Redis through ``AsyncRedisStore``.
 
-Per configuration and round: endpoint calls, reuse rejections, how many processes end with a
-*usable* token (one the IdP's protected resource accepts after the round), and for each process
-the time from the common start instant until it held a token; the table gives p50 and p99 of
-those times over every process of every round, and the median over rounds of the time until the
-last process held a usable token. The IdP's own latency (one refresh call, nobody else around,
-same HTTP client) is measured in the same run, and the goal is checked against it:
+With ``--busy K``, K CPU-bound neighbours (pure-Python loops) run from before the first round
+to after the last, so the figures show what the followers' waiting costs the leader when the
+cores are short.
 
-- 1 endpoint call per rotation, 0 reuse rejections, every process usable;
-- at N=32, p99 within 50 ms of the IdP's own latency.
+Per row and round: endpoint calls, reuse rejections, how many callers end with a *usable* token
+(one the IdP's protected resource accepts after the round), and for each caller the time from
+the common start instant until it held a token. The table gives the median over rounds of the
+first token (the leader's delivery) and of the last one (when everyone is usable), and p50/p99
+over every caller of every round. **The floor** is the IdP's own latency (one refresh call,
+nobody else around, the same HTTP client) measured in the same run, under the same neighbours;
+every row gives its lag over the floor (p99 - floor) and its ratio to it. The goal:
 
-The processes are started once and reused (a command per round on stdin), keep their Redis
-connection like a service would, freeze their start-up objects out of the garbage collector's
-way (``gc.freeze()``; ``--no-gc-freeze`` to compare: identical workers otherwise run a full
-collection in the same round), and each
-configuration gets one unrecorded warm-up round; each round logs in a new token family, so
-rounds are independent. Start instants are wall-clock times shared by every process on this
-machine.
+- 1 endpoint call per rotation, 0 reuse rejections, every caller usable;
+- at N=32 processes, p99 within 50 ms of the floor.
 
-With ``--encrypted`` the same run adds rows ``file+enc`` and ``redis+enc`` (authfsm only): the
-stores seal every record with ``EncryptedCodec`` (AES-256-GCM, a key the coordinator makes and
-hands the workers in ``AUTHFSM_STORM_KEYS``). Their rounds alternate with the plaintext rows' of
-the same N, so the cost of encryption in a storm is read off against rounds run under the same
-load.
+Each round logs in a new token family and stores it as a credential that is already due but
+still valid (logged in an hour ago, expiring in a minute: inside the default 5-minute leeway), so
+rounds are independent and every caller must refresh or adopt. Workers are started once and
+reused: a round is two lines on their stdin, "prepare" (build the engines, which read the store)
+and "go" with a wall-clock start instant shared by every process on this machine, so the storm
+starts when everyone is ready. They keep their Redis connections, HTTP clients and event loop
+like a service would, freeze their start-up objects out of the garbage collector's way
+(``gc.freeze()``; ``--no-gc-freeze`` to compare) and collect after every round. Each
+configuration gets one unrecorded warm-up round, then its rows take turns round by round. Besides
+the times, each row gives the CPU time its workers used per round (``/proc``, Linux).
 
-Usage::
-
-    python benchmarks/storm.py [--rounds 5] [--latency 0.1] [--quick] [--no-gc-freeze]
-                               [--encrypted] [--write-results]
+With ``--encrypted`` the process runs add rows ``file+enc`` and ``redis+enc`` (authfsm only):
+the stores seal every record with ``EncryptedCodec`` (AES-256-GCM, a key the coordinator makes
+and hands the workers in ``AUTHFSM_STORM_KEYS``); their rounds alternate with the plaintext rows'
+of the same N, so the cost of encryption is read off against rounds run under the same load.
 
 Needs ``redis-server`` on PATH (``.ci/redis-deps`` installs it) and the ``redis`` extra.
 """
@@ -46,271 +52,44 @@ Needs ``redis-server`` on PATH (``.ci/redis-deps`` installs it) and the ``redis`
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-import json
-import math
 import os
-import platform
-import selectors
 import shutil
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
+from _storm_fleet import Fleet, neighbours, redis_server
+from _storm_report import Row, Run, report, results_page
+from _storm_workers import KEYS_VARIABLE, open_store
 
-from authfsm.adapters import (
-    EncryptedCodec,
-    FileStore,
-    KeyRing,
-    NativeCodec,
-    OAuthTokenEndpoint,
-    RedisStore,
-    generate_key,
-)
+from authfsm.adapters import OAuthTokenEndpoint, generate_key
 from authfsm.engine import Record
 from authfsm.testing import TokenServer
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "STORM.md"
-SIZES = (1, 8, 32)
+SIZES = (1, 8, 32, 128)
+QUICK_SIZES = (1, 8)
 STORES = ("file", "redis")
-KEYS_VARIABLE = "AUTHFSM_STORM_KEYS"
-CLIENTS = ("authfsm", "naive")
-LIFETIME = 1.0  # a credential issued for 1 s is due after 0.5 s (leeway capped at half)
-LEAD = 0.6  # seconds between issuing the stale credential and the start instant
-REPLY_TIMEOUT = 60.0
-GOAL_MS = 50.0
-
-# -- the worker ----------------------------------------------------------------------------------
-
-
-def naive_refresh(store_spec: dict[str, Any], endpoint: OAuthTokenEndpoint, cred: Any) -> Any:
-    """
-    The naive client's refresh: spend the refresh token held in memory, write the result back
-    blindly (atomic replace for the file, SET for Redis): no lease, no re-read, no CAS.
-    """
-    from authfsm.engine import Refreshed, minted
-
-    outcome = endpoint.refresh(cred)
-    if not isinstance(outcome, Refreshed):
-        return None
-    new = minted(cred, outcome, time.time())
-    data = NativeCodec().encode(Record(credential=new, revision=int(time.time() * 1000)))
-    if store_spec["kind"] == "file":
-        path = Path(store_spec["path"])
-        fd, tmp = tempfile.mkstemp(prefix=".naive.", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    else:
-        _open(store_spec).client.set("authfsm:" + store_spec["key"], data)
-    return new
+ENGINES = ("shared", "per-task")
+TASKS, TASK_PROCS = 250, 8
+QUICK_TASKS, QUICK_TASK_PROCS = 50, 2
+NAIVE_UP_TO = 32
+# The stale credential: logged in an hour ago, expiring in a minute, so already due (the default
+# policy refreshes 5 minutes before expiry) but still valid, as when a fleet wakes into the window.
+AGE = 3600.0
+STILL_VALID = 60.0
+FLOOR_SAMPLES = 7
 
 
-_CLIENTS: dict[str, Any] = {}
-
-
-def _open(spec: dict[str, Any]) -> FileStore | RedisStore:
-    """The store a command names. Redis connections are kept per process, as a service would."""
-    codec = EncryptedCodec(KeyRing.from_env(KEYS_VARIABLE)) if spec.get("encrypted") else None
-    if spec["kind"] == "file":
-        return FileStore(spec["path"], codec=codec)
-    client = _CLIENTS.get(spec["url"])
-    if client is None:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # What a URL-made RedisStore uses, kept open across rounds.
-        client = redis.Redis.from_url(
-            spec["url"], socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
-        )
-        _CLIENTS[spec["url"]] = client
-    return RedisStore(client=client, key=spec["key"], codec=codec)
-
-
-def worker(*, freeze: bool) -> None:
-    """Serve commands from stdin: one JSON line in, one JSON line out."""
-    from datetime import timedelta
-
-    import redis  # noqa: F401 - imported at start-up like a real service, not mid-storm
-
-    from authfsm import AuthEngine, AuthError, Policy
-
-    if freeze:
-        # Identical workers running identical rounds reach CPython's full-collection threshold
-        # in the same round; with every imported module's objects to scan, each pauses ~10 ms,
-        # and along the lease hand-overs those pauses add up (a ~100 ms stall in about one
-        # round in ten). Long-running services freeze their start-up objects the same way.
-        gc.freeze()
-    print(json.dumps({"ready": os.getpid()}), flush=True)
-    for line in sys.stdin:
-        command = json.loads(line)
-        spec = command["store"]
-        store = _open(spec)
-        with OAuthTokenEndpoint(command["token_url"], "test-client", timeout=30.0) as endpoint:
-            if command["client"] == "authfsm":
-                engine = AuthEngine(store, endpoint, Policy(lease_timeout=timedelta(seconds=30)))
-            else:
-                record = store.read()
-                held = record.credential if record is not None else None
-            time.sleep(max(command["start_at"] - time.time(), 0.0))
-            token: str | None = None
-            try:
-                if command["client"] == "authfsm":
-                    token = engine.access_token()
-                else:
-                    new = naive_refresh(spec, endpoint, held)
-                    token = new.access_token if new is not None else None
-            except AuthError:
-                token = None
-            elapsed = time.time() - command["start_at"]
-        print(json.dumps({"token": token, "elapsed": elapsed}), flush=True)
-
-
-# -- the coordinator -----------------------------------------------------------------------------
-
-
-class Fleet:
-    """Long-lived worker processes; a command goes to the first N of them."""
-
-    def __init__(self, size: int, *, freeze: bool) -> None:
-        flags = ["--worker"] + ([] if freeze else ["--no-gc-freeze"])
-        self.procs = [
-            subprocess.Popen(  # noqa: S603 - this very script, as a worker
-                [sys.executable, str(Path(__file__).resolve()), *flags],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                bufsize=0,
-            )
-            for _ in range(size)
-        ]
-        self._replies(self.procs)
-
-    def run(self, n: int, command: dict[str, Any]) -> list[dict[str, Any]]:
-        procs = self.procs[:n]
-        line = json.dumps(command).encode() + b"\n"
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(line)
-        return self._replies(procs)
-
-    @staticmethod
-    def _replies(procs: Sequence[subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + REPLY_TIMEOUT
-        replies: dict[int, dict[str, Any]] = {}
-        buffers = {n: b"" for n in range(len(procs))}
-        with selectors.DefaultSelector() as selector:
-            for n, proc in enumerate(procs):
-                assert proc.stdout is not None
-                selector.register(proc.stdout, selectors.EVENT_READ, n)
-            while len(replies) < len(procs):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"workers did not answer within {REPLY_TIMEOUT:g} s")
-                for key, _ in selector.select(remaining):
-                    n = key.data
-                    chunk = os.read(key.fd, 65536)
-                    if not chunk:
-                        raise RuntimeError(f"worker {n} died")
-                    buffers[n] += chunk
-                    if b"\n" in buffers[n]:
-                        raw, _, buffers[n] = buffers[n].partition(b"\n")
-                        replies[n] = json.loads(raw)
-                        selector.unregister(key.fileobj)
-        return [replies[n] for n in range(len(procs))]
-
-    def close(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(OSError):
-                if proc.stdin is not None:
-                    proc.stdin.close()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on 127.0.0.1; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server not found: run .ci/redis-deps (apt-get install -y redis-server)")
-    folder = Path(tempfile.mkdtemp(prefix="authfsm-storm-redis-"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(  # noqa: S603 - the redis-server found on PATH
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(folder), "--logfile", str(folder / "redis.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        import redis
-
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with contextlib.closing(redis.Redis.from_url(url)) as client:
-                    client.ping()
-                    break
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@dataclass
-class Row:
-    store: str
-    n: int
-    client: str
-    calls: list[int] = field(default_factory=list)
-    rotations: list[int] = field(default_factory=list)
-    reuses: list[int] = field(default_factory=list)
-    usable: list[int] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)  # per usable process, seconds
-    all_usable: list[float] = field(default_factory=list)  # per round where everyone is usable
-    first: list[float] = field(default_factory=list)  # per round: the earliest token
-    hop: list[float] = field(default_factory=list)  # per round: (last - first) / (N - 1)
-
-    def p(self, q: float) -> float:
-        return percentile(self.times, q)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-quantile (0..1) with linear interpolation; nan for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def idp_latency(idp: TokenServer, samples: int = 7) -> float:
-    """Seconds of one refresh call with nobody else around, through the same HTTP client."""
+def floor_samples(idp: TokenServer, samples: int = FLOOR_SAMPLES) -> list[float]:
+    """Seconds of one refresh call each, with nobody else around, through the same HTTP client."""
     times = []
     with OAuthTokenEndpoint(idp.token_url, "test-client", timeout=30.0) as endpoint:
         for _ in range(samples):
@@ -318,214 +97,307 @@ def idp_latency(idp: TokenServer, samples: int = 7) -> float:
             started = time.perf_counter()
             endpoint.refresh(creds)
             times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
 
 
-def one_round(
-    fleet: Fleet, idp: TokenServer, http: httpx.Client, store: str, n: int, client: str,
-    url: str, folder: Path, serial: int, row: Row,
-) -> None:  # fmt: skip
-    kind, _, sealed = store.partition("+")
-    if kind == "file":
-        spec: dict[str, Any] = {"kind": "file", "path": str(folder / f"auth-{serial}.json")}
-    else:
-        spec = {"kind": "redis", "url": url, "key": f"storm-{serial}"}
-    spec["encrypted"] = bool(sealed)
-    target = _open(spec)
-    creds = idp.issue(expires_in=LIFETIME)
-    target.write(Record(credential=creds), None)
-    idp.reset_counters()
-    start_at = time.time() + LEAD
-    replies = fleet.run(
-        n,
-        {"client": client, "store": spec, "token_url": idp.token_url, "start_at": start_at},
+class Storm:
+    """Runs rounds on the fleet and records them in rows."""
+
+    def __init__(
+        self, fleet: Fleet, idp: TokenServer, http: httpx.Client, url: str, rounds: int
+    ) -> None:
+        self.fleet, self.idp, self.http, self.url = fleet, idp, http, url
+        self.rounds = rounds
+        self.folder = Path(tempfile.mkdtemp(prefix="authfsm-storm-"))
+        self.serial = 0
+        self.spent: list[str] = []  # wall time per configuration
+
+    def round(self, row: Row, *, record: bool = True) -> None:
+        """A new token family stored due, every worker of the row prepared, then the storm."""
+        self.serial += 1
+        kind, _, sealed = row.store.partition("+")
+        if kind == "file":
+            path = self.folder / f"auth-{self.serial}.json"
+            spec: dict[str, Any] = {"kind": "file", "path": str(path)}
+        else:
+            spec = {"kind": "redis", "url": self.url, "key": f"storm-{self.serial}"}
+        spec["encrypted"] = bool(sealed)
+        now = time.time()
+        stale = attrs.evolve(
+            self.idp.issue(),
+            last_refresh=datetime.fromtimestamp(now - AGE, UTC),
+            expires_at=datetime.fromtimestamp(now + STILL_VALID, UTC),
+        )
+        open_store(spec).write(Record(credential=stale), None)
+        self.idp.reset_counters()
+        command = {
+            "mode": "async" if row.engines else "sync",
+            "client": row.client,
+            "store": spec,
+            "token_url": self.idp.token_url,
+            "tasks": row.tasks,
+            "engines": row.engines,
+        }
+        self.fleet.prepare(row.procs, command)
+        cpu = self.fleet.cpu_seconds(row.procs)
+        replies = self.fleet.go(row.procs, self.fleet.start_instant(row.procs))
+        cpu = self.fleet.cpu_seconds(row.procs) - cpu
+        if record:
+            self._record(row, replies, cpu, previous=stale.access_token)
+
+    def _record(
+        self, row: Row, replies: list[dict[str, Any]], cpu: float, *, previous: str
+    ) -> None:
+        """The round's figures into ``row``; every distinct token is checked with the IdP."""
+        valid: dict[str, bool] = {}
+        ok_times: list[float] = []
+        for reply in replies:
+            if reply["early"] < 0:
+                row.late += len(reply["results"])
+            for token, elapsed, failure in reply["results"]:
+                if token is None:
+                    row.unusable[f"error {failure}" if failure else "no token"] += 1
+                    continue
+                if token not in valid:
+                    auth = {"Authorization": f"Bearer {token}"}
+                    valid[token] = self.http.get(self.idp.resource_url, headers=auth).is_success
+                if valid[token]:
+                    ok_times.append(elapsed)
+                elif token == previous:
+                    why = f" ({failure})" if failure else ""
+                    row.unusable["served the previous token" + why] += 1
+                else:
+                    row.unusable["a token the IdP refuses"] += 1
+        row.times.extend(ok_times)
+        row.cpu.append(cpu)
+        row.calls.append(self.idp.token_calls)
+        row.rotations.append(self.idp.rotations)
+        row.reuses.append(self.idp.reuse_rejections)
+        row.usable.append(len(ok_times))
+        if ok_times:
+            row.first.append(min(ok_times))
+        if len(ok_times) == row.callers:
+            row.last.append(max(ok_times))
+            if row.callers > 1:
+                row.hop.append((max(ok_times) - min(ok_times)) / (row.callers - 1))
+
+    def configuration(self, label: str, rows: list[Row]) -> list[Row]:
+        """
+        One unrecorded round per row (connections made, code paths warm), then the rows take
+        turns round by round, so load on the machine hits them all alike.
+        """
+        begun = time.monotonic()
+        for row in rows:
+            self.round(row, record=False)
+        for _ in range(self.rounds):
+            for row in rows:
+                self.round(row)
+        self.spent.append(f"{label} {time.monotonic() - begun:.1f} s")
+        print(f"{label}: done in {time.monotonic() - begun:.1f} s", file=sys.stderr)
+        return rows
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def followers(url: str, folder: Path) -> str:
+    """How this code's followers wait for a leader: woken by the store, or polling it."""
+    import redis.asyncio
+
+    from authfsm.adapters import AsyncRedisStore, FileStore, RedisStore
+    from authfsm.engine import AsyncReleaseWatch, BlockingStoreInLoop, ReleaseWatch
+
+    file = FileStore(folder / "probe.json")
+    stores = {
+        "file": (file, ReleaseWatch),
+        "redis": (RedisStore(url, key="probe"), ReleaseWatch),
+        "file (asyncio)": (BlockingStoreInLoop(file), AsyncReleaseWatch),
+        "redis (asyncio)": (
+            AsyncRedisStore(client=redis.asyncio.Redis.from_url(url), key="probe"),
+            AsyncReleaseWatch,
+        ),
+    }
+    woken = {name: isinstance(store, kind) for name, (store, kind) in stores.items()}
+    stores["redis"][0].close()
+    if all(woken.values()):
+        return "followers sleep until the leader's release (the stores have `wait_for_release`)"
+    if not any(woken.values()):
+        return "followers poll the store (no store here has `wait_for_release`)"
+    return "followers: " + ", ".join(
+        f"{name} {'sleep until the release' if on else 'poll'}" for name, on in woken.items()
     )
-    usable = []
-    for reply in replies:
-        token = reply["token"]
-        ok = (
-            token is not None
-            and http.get(idp.resource_url, headers={"Authorization": f"Bearer {token}"}).is_success
-        )
-        usable.append(ok)
-        if ok:
-            row.times.append(reply["elapsed"])
-    row.calls.append(idp.token_calls)
-    row.rotations.append(idp.rotations)
-    row.reuses.append(idp.reuse_rejections)
-    row.usable.append(sum(usable))
-    if all(usable):
-        times = [reply["elapsed"] for reply in replies]
-        row.all_usable.append(max(times))
-        row.first.append(min(times))
-        if n > 1:
-            row.hop.append((max(times) - min(times)) / (n - 1))
 
 
-def ms(seconds: float) -> str:
-    return "—" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
+# -- the run -------------------------------------------------------------------------------------
 
 
-def table(rows: list[Row], rounds: int) -> str:
-    lines = [
-        "| store | N | client | endpoint calls / round | rotations / round "
-        "| reuse rejections / round | usable tokens | p50 ms | p99 ms | all usable ms |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        usable = sum(row.usable)
-        all_usable = statistics.median(row.all_usable) if row.all_usable else math.nan
-        lines.append(
-            f"| {row.store} | {row.n} | {row.client} | {statistics.mean(row.calls):g} "
-            f"| {statistics.mean(row.rotations):g} | {statistics.mean(row.reuses):g} "
-            f"| {usable}/{row.n * rounds} | {ms(row.p(0.5))} | {ms(row.p(0.99))} "
-            f"| {ms(all_usable)} ({len(row.all_usable)}/{rounds}) |"
-        )
-    return "\n".join(lines)
+def sizes_option(text: str) -> tuple[int, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes are numbers of processes, 1 or more")
+    return tuple(sorted(set(sizes)))
 
 
-def verdict(rows: list[Row], own: float) -> list[str]:
-    out = []
-    for row in rows:
-        if row.client != "authfsm":
-            continue
-        one_call = all(c == 1 for c in row.calls) and not any(row.reuses)
-        everyone = all(u == row.n for u in row.usable)
-        line = (
-            f"- {row.store}, N={row.n}: 1 call per rotation, 0 reuse rejections, every process "
-            f"usable: **{'yes' if one_call and everyone else 'NO'}**"
-        )
-        if row.n == max(SIZES):
-            over = (row.p(0.99) - own) * 1000
-            line += (
-                f"; p99 {ms(row.p(0.99))} ms = IdP latency + {over:.0f} ms, within "
-                f"{GOAL_MS:g} ms: **{'yes' if over <= GOAL_MS else 'NO'}** (first token at "
-                f"IdP latency + {(statistics.median(row.first) - own) * 1000:.0f} ms, then "
-                f"{statistics.median(row.hop) * 1000:.2f} ms per follower)"
-            )
-        out.append(line)
-    return out
+def choices_option(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+        wrong = [part for part in chosen if part not in allowed]
+        if wrong or not chosen:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}")
+        return chosen
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    made = argparse.ArgumentParser(
+        prog="storm.py",
+        description=__doc__.strip().split("\n\n")[0],
+        epilog="See the module docstring and benchmarks/README.md for what is measured.",
+    )
+    made.add_argument("--rounds", type=int, default=5, help="recorded rounds per row (5)")
+    made.add_argument("--latency", type=float, default=0.1, help="IdP latency per call, s (0.1)")
+    made.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run (< 60 s): 2 rounds, and unless given --sizes "
+        f"{','.join(map(str, QUICK_SIZES))} --tasks {QUICK_TASKS} --task-procs {QUICK_TASK_PROCS}",
+    )
+    made.add_argument(
+        "--sizes",
+        type=sizes_option,
+        help=f"process counts, comma-separated, or 'none' (default {','.join(map(str, SIZES))})",
+    )
+    made.add_argument(
+        "--stores",
+        type=choices_option(STORES),
+        default=STORES,
+        help="stores, comma-separated (file,redis)",
+    )
+    made.add_argument(
+        "--naive-up-to",
+        type=int,
+        default=NAIVE_UP_TO,
+        metavar="N",
+        help=f"naive-client rows for sizes up to N ({NAIVE_UP_TO}; 0: none)",
+    )
+    made.add_argument(
+        "--tasks", type=int, help=f"asyncio tasks per process, 0 for none (default {TASKS})"
+    )
+    made.add_argument(
+        "--task-procs", type=int, help=f"processes of the asyncio run (default {TASK_PROCS})"
+    )
+    made.add_argument(
+        "--task-engines",
+        type=choices_option(ENGINES),
+        default=ENGINES,
+        help="asyncio engines: one per process shared by its tasks, one per task (both)",
+    )
+    made.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="K",
+        help="CPU-bound neighbour processes during the rounds (0)",
+    )
+    made.add_argument("--write-results", action="store_true", help=f"write {RESULTS.name}")
+    made.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the workers' garbage collector as it is (see _storm_workers.serve)",
+    )
+    made.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="add process rows for encrypted stores (EncryptedCodec, AES-256-GCM), authfsm only",
+    )
+    return made
+
+
+def options(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line, with --quick's defaults filled in."""
+    made = parser()
+    args = made.parse_args(argv)
+    quick = args.quick
+    args.rounds = 2 if quick else args.rounds
+    if args.sizes is None:
+        args.sizes = QUICK_SIZES if quick else SIZES
+    if args.tasks is None:
+        args.tasks = QUICK_TASKS if quick else TASKS
+    if args.task_procs is None:
+        args.task_procs = QUICK_TASK_PROCS if quick else TASK_PROCS
+    if args.rounds < 1 or args.task_procs < 1 or args.tasks < 0 or args.busy < 0:
+        made.error("--rounds and --task-procs take 1 or more, --tasks and --busy 0 or more")
+    return args
+
+
+def every_configuration(storm: Storm, args: argparse.Namespace) -> tuple[list[Row], list[Row]]:
+    """Every configuration the options ask for: the process rows, then the asyncio rows."""
+    processes: list[Row] = []
+    for store in args.stores:
+        for n in args.sizes:
+            variants = [(store, "authfsm")]
+            if args.encrypted:  # the naive client writes plaintext: it has no such row
+                variants.append((store + "+enc", "authfsm"))
+            if n <= args.naive_up_to:
+                variants.append((store, "naive"))
+            rows = [Row(kind, n, client) for kind, client in variants]
+            processes += storm.configuration(f"{store} N={n}", rows)
+    tasks: list[Row] = []
+    for store in args.stores if args.tasks else ():
+        rows = [
+            Row(store, args.task_procs, "authfsm", tasks=args.tasks, engines=engines)
+            for engines in args.task_engines
+        ]
+        tasks += storm.configuration(f"{store} asyncio {args.task_procs}x{args.tasks}", rows)
+    return processes, tasks
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--latency", type=float, default=0.1, help="IdP latency per call, s")
-    parser.add_argument("--quick", action="store_true", help="2 rounds")
-    parser.add_argument("--write-results", action="store_true", help=f"write {RESULTS.name}")
-    parser.add_argument(
-        "--no-gc-freeze",
-        action="store_true",
-        help="leave the workers' garbage collector as it is (see worker())",
-    )
-    parser.add_argument(
-        "--encrypted",
-        action="store_true",
-        help="add rows for encrypted stores (EncryptedCodec, AES-256-GCM), authfsm only",
-    )
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        worker(freeze=not args.no_gc_freeze)
-        return 0
-    rounds = 2 if args.quick else args.rounds
+    args = options(argv)
     if args.encrypted:
         # The workers inherit it; a fresh random key per run, never written anywhere.
         os.environ[KEYS_VARIABLE] = generate_key("storm")
-
-    rows: list[Row] = []
-    folder = Path(tempfile.mkdtemp(prefix="authfsm-storm-"))
-    fleet = Fleet(max(SIZES), freeze=not args.no_gc_freeze)
+    started = time.monotonic()
+    run = Run(load=[os.getloadavg()[0]])
+    fleet = Fleet(
+        max(*args.sizes, args.task_procs if args.tasks else 1, 1), freeze=not args.no_gc_freeze
+    )
+    print(
+        f"{len(fleet.procs)} workers ready in {time.monotonic() - started:.0f} s", file=sys.stderr
+    )
     try:
         with (
             redis_server() as url,
             TokenServer(access_token_ttl=3600.0, latency=args.latency) as idp,
             httpx.Client(timeout=30.0) as http,
+            neighbours(args.busy),
         ):
-            own = idp_latency(idp)
-            serial = 0
-            for store in STORES:
-                for n in SIZES:
-                    variants = [(store, client) for client in CLIENTS]
-                    if args.encrypted:
-                        # The naive client writes plaintext: it has no encrypted row.
-                        variants.insert(1, (store + "+enc", "authfsm"))
-                    group = [Row(kind, n, client) for kind, client in variants]
-                    # One unrecorded round each first: connections made, code paths warm. Then
-                    # the variants take turns round by round, so load on the machine hits all.
-                    for kind, client in variants:
-                        serial += 1
-                        warm = Row(kind, n, client)
-                        one_round(fleet, idp, http, kind, n, client, url, folder, serial, warm)
-                    for _ in range(rounds):
-                        for (kind, client), row in zip(variants, group, strict=True):
-                            serial += 1
-                            one_round(fleet, idp, http, kind, n, client, url, folder, serial, row)
-                    rows.extend(group)
-                    print(f"{store:5} N={n:<2} done", file=sys.stderr)
+            storm = Storm(fleet, idp, http, url, args.rounds)
+            try:
+                run.floors += floor_samples(idp)  # under the same neighbours as the rounds
+                processes, tasks = every_configuration(storm, args)
+                fleet.settle()  # no worker still collecting its last round's garbage
+                run.floors += floor_samples(idp)
+                run.memory = fleet.memory()
+                run.followers = followers(url, storm.folder)
+                run.spent = storm.spent
+            finally:
+                storm.close()
     finally:
         fleet.close()
-        shutil.rmtree(folder, ignore_errors=True)
-
-    report = [
-        f"IdP latency setting {args.latency * 1000:g} ms; measured own latency of one refresh "
-        f"call {own * 1000:.1f} ms; {rounds} rounds per row; workers' start-up objects "
-        f"{'left to the garbage collector' if args.no_gc_freeze else 'frozen (gc.freeze)'}.",
-        "",
-        table(rows, rounds),
-        "",
-        *verdict(rows, own),
-    ]
-    text = "\n".join(report)
+    run.seconds = time.monotonic() - started
+    run.load.append(os.getloadavg()[0])
+    text = report(args, run, processes, tasks)
     print(text)
     if args.write_results:
-        RESULTS.write_text(results_page(text, args, rounds))
+        RESULTS.write_text(results_page(text, argv))
     return 0
-
-
-WHY = """\
-## Reading it
-
-- **naive**: every process spends the refresh token it holds; the first call rotates, every other
-  one is a reuse, and the IdP revokes the family, so nobody ends with a usable token (not even
-  the process whose call succeeded) and every user has to log in again.
-- **authfsm**: one process takes the lease and calls; the others wait for the lease in short
-  slices (20 ms) and re-read the store between them, so each adopts the new credential, with no
-  call and without the lease, as soon as the leader's write lands. "Per follower" in the lines
-  above is the mean gap between consecutive processes getting their token (median of rounds).
-  The first token comes a little after the IdP's own latency: 32 processes waking at the same
-  instant share this machine's two cores.
-- Garbage collection: identical workers running identical rounds reach CPython's full-collection
-  threshold in the same round. The workers freeze their start-up objects (`gc.freeze()`) as
-  long-running services do, unless run with `--no-gc-freeze`. Before followers watched the
-  store (when they queued for the lease and re-read one after another) the pauses added up and
-  N=32 p99 without the freeze was IdP + 48 ms (file) and IdP + 67 ms (Redis); with the store
-  watch, one run without the freeze gave IdP + 31 ms (file) and IdP + 33 ms (Redis).
-"""
-
-
-def results_page(text: str, args: argparse.Namespace, rounds: int) -> str:
-    return "\n".join(
-        [
-            "# Storm benchmark results",
-            "",
-            f"Written by `python benchmarks/storm.py --write-results` (rounds {rounds}, "
-            f"latency {args.latency:g} s{', --no-gc-freeze' if args.no_gc_freeze else ''}"
-            f"{', --encrypted' if args.encrypted else ''}); "
-            "see the module docstring for what is measured.",
-            "",
-            text,
-            "",
-            WHY,
-            "## Machine",
-            "",
-            f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
-            f"- python: {platform.python_implementation()} {platform.python_version()}",
-            f"- platform: {platform.platform()}",
-            f"- cpus: {os.cpu_count()}",
-            "",
-        ]
-    )
 
 
 if __name__ == "__main__":
