@@ -111,6 +111,45 @@ class TestFileStoreWatch:
             holder.kill()
             holder.wait(10)
 
+    def test_asyncio_waiters_hold_no_thread_and_all_wake(self, tmp_path: Path) -> None:
+        """200 tasks (as 200 engines of one process would) wait; one kernel waiter serves them."""
+        path = tmp_path / "auth.json"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+        async def wait_all() -> tuple[list[float], int]:
+            store = FileStore(path)
+            started = time.monotonic()
+
+            async def one() -> float:
+                await store.wait_for_release_async(LONG)
+                return time.monotonic() - started
+
+            tasks = [asyncio.ensure_future(one()) for _ in range(200)]
+            await asyncio.sleep(0.3)
+            threads = threading.active_count()
+            assert not any(task.done() for task in tasks), "woke while still held"
+            assert holder.stdin is not None
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            return list(await asyncio.wait_for(asyncio.gather(*tasks), LONG + 5)), threads
+
+        try:
+            assert holder.stdout is not None
+            assert "held" == holder.stdout.readline().strip()
+            before = threading.active_count()
+            took, threads = asyncio.run(wait_all())
+            assert threads <= before + 2  # one watcher thread, not one per task
+            assert 200 == len(took)
+            assert max(took) < WOKEN_WITHIN
+        finally:
+            holder.kill()
+            holder.wait(10)
+
     def test_a_holder_that_dies_wakes_the_waiters(self, tmp_path: Path) -> None:
         path = tmp_path / "auth.json"
         holder = subprocess.Popen(
@@ -175,6 +214,27 @@ class TestMemoryStoreWatch:
             thread.join(LONG + 5)
         took = [t for _, t in waiters for t in t]
         assert 4 == len(took)
+        assert max(took) < WOKEN_WITHIN
+
+    def test_asyncio_waiters_wake_on_release(self) -> None:
+        store = MemoryStore()
+
+        async def scenario() -> list[float]:
+            started = time.monotonic()
+
+            async def one() -> float:
+                await store.wait_for_release_async(LONG)
+                return time.monotonic() - started
+
+            with store.lease(1.0):
+                tasks = [asyncio.ensure_future(one()) for _ in range(50)]
+                await asyncio.sleep(0.2)
+                assert not any(task.done() for task in tasks)
+            return list(await asyncio.wait_for(asyncio.gather(*tasks), LONG + 5))
+
+        took = asyncio.run(scenario())
+        assert 50 == len(took)
+        assert min(took) >= 0.2
         assert max(took) < WOKEN_WITHIN
 
 

@@ -80,8 +80,14 @@ class BlockingStoreInLoop:
         return poll_lease(self._store, timeout, self._poll)
 
     async def wait_for_release(self, timeout: float) -> None:
-        """The store's own wait in a worker thread (it ends by ``timeout``), else a short sleep."""
-        if isinstance(self._store, ReleaseWatch):
+        """
+        The store's asyncio wait (``wait_for_release_async``, as the built-in stores have), else
+        its blocking ``ReleaseWatch`` wait in a worker thread, else a short sleep.
+        """
+        wait_async = getattr(self._store, "wait_for_release_async", None)
+        if wait_async is not None:
+            await wait_async(timeout)
+        elif isinstance(self._store, ReleaseWatch):
             await asyncio.to_thread(self._store.wait_for_release, timeout)
         else:
             await asyncio.sleep(max(min(timeout, POLL_INTERVAL), 0.0))

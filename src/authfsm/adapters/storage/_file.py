@@ -99,6 +99,9 @@ class LockFileLease:
         """Sleep until no one holds the OS lock (or ``timeout``): see :class:`LockFileWatch`."""
         self._watch.wait_for_release(timeout)
 
+    async def wait_for_release_async(self, timeout: float) -> None:
+        await self._watch.wait_for_release_async(timeout)
+
     @contextmanager
     def guard(self, timeout: float) -> Iterator[None]:
         """The OS lock alone: re-entrant for the thread that holds it (or holds the lease)."""
@@ -325,6 +328,10 @@ class FileStore:
         Every engine waiting on this file, in any process, wakes when its holder lets go.
         """
         self._lease.wait_for_release(timeout)
+
+    async def wait_for_release_async(self, timeout: float) -> None:
+        """:meth:`wait_for_release` for ``AsyncAuthEngine``: no thread is held while it waits."""
+        await self._lease.wait_for_release_async(timeout)
 
     def _parent(self) -> Path:
         parent = self._path.parent

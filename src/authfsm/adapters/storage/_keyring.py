@@ -254,6 +254,10 @@ class KeyringStore:
         """Sleep until the lease is free, at most ``timeout`` seconds (``ReleaseWatch``)."""
         self._lease.wait_for_release(timeout)
 
+    async def wait_for_release_async(self, timeout: float) -> None:
+        """:meth:`wait_for_release` for ``AsyncAuthEngine``: no thread is held while it waits."""
+        await self._lease.wait_for_release_async(timeout)
+
     def _load(self) -> tuple[str | None, Record | None]:
         """The secret and the record it holds (call with the lock held)."""
         value = self._fetch()

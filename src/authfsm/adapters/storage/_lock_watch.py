@@ -8,20 +8,24 @@ waking every few milliseconds to look (which, with dozens of followers on two co
 the leader they were waiting for).
 
 ``flock`` has no timeout, so one daemon thread per watched file blocks in it for the waiters of
-this process and wakes them all through a condition variable; a waiter gives up after its own
-timeout and leaves the thread to finish whenever the holder lets go. The shared lock is released
-as soon as it is granted: it only ever signals, it never holds anything. Where ``flock`` cannot
-answer (a file system without it, a lock file this process may not read), waiters poll every
-20 ms as before: never an error, never a busy loop.
+this process and wakes them all (threads, and asyncio tasks of any loop, through
+:class:`Wakeup`); a waiter gives up after its own timeout and leaves the thread to finish
+whenever the holder lets go. The shared lock is released as soon as it is granted: it only ever
+signals, it never holds anything. Where ``flock`` cannot answer (a file system without it, a
+lock file this process may not read), waiters poll every 20 ms as before: never an error, never
+a busy loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import threading
 import time
 from pathlib import Path
+
+from ._wakeup import Wakeup
 
 __all__ = ["LockFileWatch"]
 
@@ -35,8 +39,7 @@ class LockFileWatch:
 
     def __init__(self, lock_file: Path) -> None:
         self._lock_file = lock_file
-        self._changed = threading.Condition()
-        self._releases = 0  # how many times the watcher saw the lock free
+        self._wakeup = Wakeup()
         self._watcher: tuple[int, threading.Thread] | None = None  # (pid, thread)
 
     def wait_for_release(self, timeout: float) -> None:
@@ -44,13 +47,16 @@ class LockFileWatch:
         free = self._is_free()
         if free is None:  # this file system cannot tell: look again a little later
             time.sleep(max(min(timeout, _CANNOT_TELL_PAUSE), 0.0))
-            return
-        if free:
-            return
-        with self._changed:
-            seen = self._releases
-            self._ensure_watcher()
-            self._changed.wait_for(lambda: self._releases != seen, max(timeout, 0.0))
+        elif not free:
+            self._wakeup.wait(timeout, until_woken=self._watching)
+
+    async def wait_for_release_async(self, timeout: float) -> None:
+        """:meth:`wait_for_release` for asyncio, holding no thread while it waits."""
+        free = self._is_free()
+        if free is None:
+            await asyncio.sleep(max(min(timeout, _CANNOT_TELL_PAUSE), 0.0))
+        elif not free:
+            await self._wakeup.wait_async(timeout, until_woken=self._watching)
 
     def _is_free(self) -> bool | None:
         """
@@ -75,16 +81,21 @@ class LockFileWatch:
         finally:
             os.close(fd)
 
-    def _ensure_watcher(self) -> None:
-        """Start the thread that waits in the kernel, unless it already does (in this process)."""
+    def _watching(self) -> bool:
+        """
+        Start the thread that waits in the kernel, unless it already does (in this process).
+
+        Called with the wakeup's lock held: a watcher that sees the lock free after the check
+        above wakes this waiter, however late it starts.
+        """
         watcher = self._watcher
-        if watcher is not None and watcher[0] == os.getpid() and watcher[1].is_alive():
-            return
-        thread = threading.Thread(
-            target=self._watch, name=f"authfsm-watch:{self._lock_file.name}", daemon=True
-        )
-        self._watcher = (os.getpid(), thread)
-        thread.start()
+        if watcher is None or watcher[0] != os.getpid() or not watcher[1].is_alive():
+            thread = threading.Thread(
+                target=self._watch, name=f"authfsm-watch:{self._lock_file.name}", daemon=True
+            )
+            self._watcher = (os.getpid(), thread)
+            thread.start()
+        return True
 
     def _watch(self) -> None:
         try:
@@ -97,8 +108,7 @@ class LockFileWatch:
         except OSError:
             pass  # gone or unlockable: the waiters look again (their timeout is the safety net)
         finally:
-            with self._changed:
-                self._releases += 1
+            with self._wakeup.lock:
                 if self._watcher is not None and self._watcher[1] is threading.current_thread():
                     self._watcher = None
-                self._changed.notify_all()
+                self._wakeup.wake()

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import attrs
 
 from ...engine import LeaseTimeout, Record, WriteConflict
+from ._wakeup import Wakeup
 
 __all__ = ["MemoryStore"]
 
@@ -26,7 +27,7 @@ class MemoryStore:
         self._mutex = threading.Lock()
         # Not re-entrant: tasks of one event loop share a thread and must still exclude each other.
         self._lease = threading.Lock()
-        self._released = threading.Condition()
+        self._released = Wakeup()
 
     @property
     def location(self) -> str:
@@ -61,15 +62,17 @@ class MemoryStore:
         try:
             yield
         finally:
-            with self._released:
+            with self._released.lock:
                 self._lease.release()
-                self._released.notify_all()
+                self._released.wake()
 
     def wait_for_release(self, timeout: float) -> None:
         """Sleep until the lease is free, at most ``timeout`` seconds (``ReleaseWatch``)."""
-        with self._released:
-            if self._lease.locked():
-                self._released.wait(max(timeout, 0.0))
+        self._released.wait(timeout, until_woken=self._lease.locked)
+
+    async def wait_for_release_async(self, timeout: float) -> None:
+        """:meth:`wait_for_release` for ``AsyncAuthEngine``: no thread is held while it waits."""
+        await self._released.wait_async(timeout, until_woken=self._lease.locked)
 
     def __repr__(self) -> str:
         revision = self._record.revision if self._record is not None else None
