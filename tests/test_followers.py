@@ -171,7 +171,6 @@ class TestFileStoreWatch:
             holder.kill()
             holder.wait(10)
 
-
     def test_a_file_system_without_flock_is_polled_not_an_error(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

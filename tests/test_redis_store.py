@@ -19,7 +19,8 @@ import pytest
 
 from authfsm import AsyncAuthEngine, AuthEngine, Credentials, ReauthRequired, RefreshFailed, State
 from authfsm.adapters import CodexCodec, NativeCodec
-from authfsm.adapters.storage._redis import AsyncRedisStore, RedisStore, _Layout
+from authfsm.adapters.storage._redis import AsyncRedisStore, RedisStore
+from authfsm.adapters.storage._redis_layout import Layout
 from authfsm.engine import (
     Backoff,
     LeaseTimeout,
@@ -209,7 +210,7 @@ class TestCompareAndSwap:
 
     def test_retried_swap_is_recognised(self):
         """A reply showing our own value (the command ran, its reply was lost) is a success."""
-        layout = _Layout(
+        layout = Layout(
             key="k", key_prefix="", lease_ttl=1.0, poll_interval=0.1, codec=None, server="s"
         )
         value = NativeCodec().encode(Record(credential=CREDS, revision=5))
@@ -560,6 +561,16 @@ class TestConnectionOptions:
         assert store.location.startswith("redis://127.0.0.1:")
         client.delete(f"authfsm:{redis_key}")
         client.close()
+
+    def test_a_client_of_the_other_kind_is_refused(self, redis_server):
+        """RedisStore needs a blocking client, AsyncRedisStore an asyncio one."""
+        import redis
+        import redis.asyncio
+
+        with pytest.raises(TypeError, match="blocking"):
+            RedisStore(client=redis.asyncio.Redis.from_url(redis_server.url))
+        with pytest.raises(TypeError, match="asyncio"):
+            AsyncRedisStore(client=redis.Redis.from_url(redis_server.url))
 
     @pytest.mark.parametrize(
         "kwargs",

@@ -134,7 +134,6 @@ class AsyncStore(Protocol):
 
 
 @runtime_checkable
-@runtime_checkable
 class AsyncReleaseWatch(Protocol):
     """:class:`~authfsm.engine.ReleaseWatch` for asyncio stores."""
 

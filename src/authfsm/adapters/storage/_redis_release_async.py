@@ -1,0 +1,250 @@
+"""
+Followers woken at once by a release: the subscription of one store to its lease's release channel.
+
+The release script publishes on the channel (``SPUBLISH`` in Redis Cluster: the slot's shard
+only) after deleting the lease. A waiter subscribes (once per store object: the subscription is
+made at the first wait and kept), checks the lease key only once the subscription is confirmed,
+so a release after that check is never missed, and then waits for a message. One waiter at a time
+reads the subscription's connection; the others wait on a condition it notifies, so every waiter
+of the store wakes on one message. A lease that expires with a dead holder sends nothing: the
+caller's timeout is the safety net.
+
+It never takes the lease and never writes. Errors are redis-py's, for the store to translate. A
+subscription that failed, or whose reader was cancelled, is dropped; the other waiters make a new
+one and look at the lease again (a release may have come while none was open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from ._redis_tasks import Condition, wait_on
+
+__all__ = ["AsyncReleaseWatcher"]
+
+# Messages read at once after the first: releases published while nobody waited.
+_DRAIN: Final = 100
+# A read that returns with no message this much before its timeout lost its subscription.
+_EARLY: Final = 0.01
+# Subscriptions one wait makes at most (a lost one is made again), before it returns early.
+_SUBSCRIPTIONS: Final = 3
+
+_CONFIRMED: Final = frozenset({"subscribe", "ssubscribe"})
+_RELEASED: Final = frozenset({"message", "smessage"})
+_LOST: Final = frozenset({"unsubscribe", "sunsubscribe"})
+
+
+class AsyncReleaseChannel:
+    """
+    One subscription to a release channel: ``SUBSCRIBE``, or ``SSUBSCRIBE`` in Redis Cluster.
+
+    It reads messages as kinds: ``"confirmed"`` (the server subscribed it), ``"released"`` (a
+    lease was given back) and ``"lost"`` (the subscription ended: the slot moved, the server
+    went away, or a read came back empty early).
+    """
+
+    def __init__(self, client: Any, channel: str, *, sharded: bool) -> None:
+        self._pubsub = client.pubsub()
+        self._channel = channel
+        self._sharded = sharded
+
+    async def open(self) -> None:
+        if self._sharded:
+            await self._pubsub.ssubscribe(self._channel)
+        else:
+            await self._pubsub.subscribe(self._channel)
+
+    async def read(self, timeout: float) -> list[str]:
+        """The kinds of the messages within ``timeout`` s: the first waited for, then any queued."""
+        started = time.monotonic()
+        message = await self._message(timeout)
+        if message is None:
+            if time.monotonic() - started < timeout - _EARLY:
+                return ["lost"]
+            return []
+        kinds = [_kind(message)]
+        for _ in range(_DRAIN):
+            message = await self._message(0)
+            if message is None:
+                break
+            kinds.append(_kind(message))
+        return kinds
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()
+
+    async def _message(self, timeout: float) -> dict[str, Any] | None:
+        pubsub = self._pubsub
+        get = pubsub.get_sharded_message if self._sharded else pubsub.get_message
+        message: dict[str, Any] | None = await get(timeout=timeout)
+        return message
+
+
+def _kind(message: dict[str, Any]) -> str:
+    kind = message.get("type")
+    name = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if name in _CONFIRMED:
+        return "confirmed"
+    if name in _RELEASED:
+        return "released"
+    if name in _LOST:
+        return "lost"
+    return "other"
+
+
+class AsyncReleaseWatcher:
+    """
+    Waits for the release of one store's lease, for any number of waiters of that store.
+
+    Args:
+        client: the store's client (``pubsub()`` makes the subscription).
+        channel: the release channel.
+        sharded: subscribe with ``SSUBSCRIBE`` (Redis Cluster).
+        lease_held: whether the lease key exists now (the store's translated ``EXISTS``).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        channel: str,
+        *,
+        sharded: bool,
+        lease_held: Callable[[], Awaitable[bool]],
+    ) -> None:
+        self._client = client
+        self._channel_name = channel
+        self._sharded = sharded
+        self._lease_held = lease_held
+        self._start()
+
+    def _start(self) -> None:
+        # A forked child starts again: the subscription's socket is its parent's, and its
+        # condition may have been held by a thread that does not exist in the child.
+        self._pid = os.getpid()
+        self._condition = Condition()
+        self._channel: AsyncReleaseChannel | None = None
+        self._confirmed = False
+        # Whether a waiter is reading the channel (the others wait on the condition).
+        self._reading = False
+        # Releases seen, and subscriptions lost: waiters compare them before and after.
+        self._releases = 0
+        self._lost = 0
+        self._closed = False
+
+    async def wait(self, timeout: float) -> None:
+        """Return once the lease is free, after ``timeout`` s, or early (see the module)."""
+        deadline = time.monotonic() + timeout
+        if self._pid != os.getpid():
+            self._start()
+        for _ in range(_SUBSCRIPTIONS):
+            async with self._condition:
+                if not await self._subscribe(deadline):
+                    return
+                seen, lost = self._releases, self._lost
+            if not await self._lease_held():
+                return
+            async with self._condition:
+                while self._releases == seen and self._lost == lost and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    await self._take_turn(remaining)
+                if self._releases != seen or self._closed:
+                    return
+            # The subscription was lost (the reader failed or was cancelled): a release may have
+            # gone unheard, so subscribe again and look at the lease again.
+
+    async def _subscribe(self, deadline: float) -> bool:
+        """
+        Whether the subscription is confirmed, with what it had queued read (False: the
+        deadline passed first, or the watcher is closed). Called holding the condition.
+        """
+        drained = False
+        while not (self._confirmed and drained):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                return False
+            if not self._confirmed:
+                await self._take_turn(remaining)
+                continue
+            drained = True
+            if not self._reading:
+                # Releases nobody waited for are queued on the subscription: read them now
+                # (and look again: that read may find the subscription lost).
+                await self._take_turn(0)
+        return True
+
+    async def aclose(self) -> None:
+        """Close the subscription; waiters return (a reading one when its read fails)."""
+        async with self._condition:
+            self._closed = True
+            channel, self._channel = self._channel, None
+            self._confirmed = False
+            self._condition.notify_all()
+        if channel is not None:
+            await channel.aclose()
+
+    async def _take_turn(self, timeout: float) -> None:
+        """
+        Read the channel for up to ``timeout`` s if nobody reads it, else wait for the reader.
+
+        Called and returns holding the condition; reads without it.
+        """
+        if self._reading:
+            await wait_on(self._condition, timeout)
+            return
+        self._reading = True
+        self._condition.release()
+        kinds: list[str] | None = None
+        try:
+            kinds = await self._read(timeout)
+        finally:
+            await self._condition.acquire()
+            self._reading = False
+            for kind in kinds if kinds is not None else ["lost"]:
+                if kind == "confirmed":
+                    self._confirmed = True
+                elif kind == "released":
+                    self._releases += 1
+                elif kind == "lost":
+                    self._channel = None
+                    self._confirmed = False
+                    self._lost += 1
+            self._condition.notify_all()
+
+    async def _read(self, timeout: float) -> list[str]:
+        # Only the reader (one at a time) opens, reads and drops the channel.
+        channel = self._channel
+        if channel is None:
+            if self._closed:
+                return []
+            channel = AsyncReleaseChannel(self._client, self._channel_name, sharded=self._sharded)
+            self._channel = channel
+            try:
+                await channel.open()
+            except BaseException:
+                self._channel = None
+                await _close_quietly(channel)
+                raise
+            if self._closed:  # closed while this reader opened it
+                await _close_quietly(channel)
+                return []
+        try:
+            kinds = await channel.read(timeout)
+        except BaseException:
+            await _close_quietly(channel)
+            if self._closed:
+                return []
+            raise
+        if "lost" in kinds:
+            await _close_quietly(channel)
+        return kinds
+
+
+async def _close_quietly(channel: AsyncReleaseChannel) -> None:
+    with contextlib.suppress(Exception):  # the subscription is being dropped anyway
+        await channel.aclose()

@@ -1,0 +1,295 @@
+"""Followers woken at once: RedisStore.wait_for_release / AsyncRedisStore.wait_for_release (the
+ReleaseWatch protocols) against a real redis-server: one release wakes every waiter, a held lease
+keeps them waiting until their timeout, a free one returns at once, close() unsubscribes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from authfsm.adapters import AsyncRedisStore, RedisStore
+from authfsm.engine import AsyncReleaseWatch, ReleaseWatch, StorageUnavailable
+
+from .redis_server import (
+    RedisServer,
+    _redis_key,  # noqa: F401 - a fixture
+    _redis_server,  # noqa: F401 - a fixture
+    free_port,
+    running_redis,
+)
+
+WAITERS = 16
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, timeout=30))
+
+
+@pytest.fixture(name="holder")
+def _holder(redis_server: RedisServer, redis_key: str) -> Iterator[RedisStore]:
+    """The store that holds the lease; followers are other stores on its key."""
+    with RedisStore(redis_server.url, key=redis_key) as store:
+        yield store
+
+
+def follower_of(store: RedisStore, **options) -> RedisStore:
+    url = store.location.split(" key ")[0]
+    return RedisStore(url, key=store.key, key_prefix="", **options)
+
+
+def subscribers(store: RedisStore) -> int:
+    ((_channel, count),) = store.client.execute_command("PUBSUB NUMSUB", store.release_channel)
+    return int(count)
+
+
+class TestProtocol:
+    def test_both_stores_are_release_watches(self, holder, redis_server):
+        assert isinstance(holder, ReleaseWatch)
+        assert isinstance(AsyncRedisStore(redis_server.url), AsyncReleaseWatch)
+
+
+class TestWaitForRelease:
+    """The blocking store, waiters in threads."""
+
+    def test_one_release_wakes_every_waiter(self, holder):
+        """16 threads of one store wait (timeout 5 s): none returns while the lease is held,
+        all return within a few ms of the release."""
+        follower = follower_of(holder)
+        woken: list[float] = []
+
+        def wait() -> None:
+            follower.wait_for_release(5.0)
+            woken.append(time.monotonic())
+
+        with holder.lease(1.0):
+            threads = [threading.Thread(target=wait) for _ in range(WAITERS)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.3)
+            early = len(woken)
+            released = time.monotonic()
+        for thread in threads:
+            thread.join(timeout=10)
+        follower.close()
+
+        latency = max(woken) - released
+        print(f"{WAITERS} threads woken {latency * 1000:.1f} ms after the release")
+        assert 0 == early
+        assert WAITERS == len(woken)
+        assert latency < 0.5  # the timeout was 5 s
+
+    def test_held_lease_keeps_a_waiter_until_its_timeout(self, holder):
+        """Timeout 0.3 on a held lease: returns after 0.3 s, never taking the lease."""
+        follower = follower_of(holder)
+        with holder.lease(1.0):
+            token = holder.client.get(holder.lease_key)
+            started = time.monotonic()
+            follower.wait_for_release(0.3)
+            waited = time.monotonic() - started
+            still = holder.client.get(holder.lease_key)
+        follower.close()
+
+        assert 0.3 <= waited < 0.6
+        assert token == still
+
+    def test_free_lease_returns_at_once(self, holder):
+        """Nobody holds it: return after the subscription is confirmed and one EXISTS."""
+        follower = follower_of(holder)
+        started = time.monotonic()
+        follower.wait_for_release(5.0)
+        first = time.monotonic() - started
+        started = time.monotonic()
+        follower.wait_for_release(5.0)
+        again = time.monotonic() - started
+        follower.close()
+
+        assert first < 0.5
+        assert again < 0.05
+
+    def test_releases_nobody_waited_for_are_not_a_wake_up(self, holder):
+        """Releases while nobody waits queue up on the subscription; they do not end a later
+        wait on a held lease early."""
+        follower = follower_of(holder)
+        follower.wait_for_release(1.0)  # subscribed from now on
+        for _ in range(5):
+            with holder.lease(1.0):
+                pass
+        with holder.lease(1.0):
+            started = time.monotonic()
+            follower.wait_for_release(0.3)
+            waited = time.monotonic() - started
+        follower.close()
+
+        assert waited >= 0.3
+
+    def test_a_lease_lost_with_its_holder_ends_the_wait_at_the_timeout(self, holder):
+        """An expiring lease publishes nothing: the waiter's timeout is the safety net."""
+        follower = follower_of(holder)
+        holder.client.set(holder.lease_key, b"a-dead-holder", px=100)
+        started = time.monotonic()
+        follower.wait_for_release(0.5)
+        waited = time.monotonic() - started
+        follower.close()
+
+        assert 0.5 <= waited < 0.8
+
+    def test_close_ends_the_subscription(self, holder):
+        """One subscription per store, made at the first wait and kept; close() ends it."""
+        follower = follower_of(holder)
+        before = subscribers(holder)
+        for _ in range(3):
+            follower.wait_for_release(1.0)
+        during = subscribers(holder)
+        follower.close()
+
+        assert (0, 1, 0) == (before, during, subscribers(holder))
+
+    def test_zero_timeout_returns_at_once(self, holder):
+        follower = follower_of(holder)
+        with holder.lease(1.0):
+            started = time.monotonic()
+            follower.wait_for_release(0)
+            assert time.monotonic() - started < 0.05
+        assert 0 == subscribers(holder)
+
+    def test_a_client_without_pub_sub_is_polled(self, holder, redis_server):
+        """(redis-py before 8 has no pub/sub for asyncio Redis Cluster.) The wait polls EXISTS
+        every poll_interval instead: a release is seen within one, a held lease lasts."""
+
+        class NoPubSub(redis.Redis):
+            pubsub = None
+
+        client = NoPubSub.from_url(redis_server.url)
+        follower = RedisStore(client=client, key=holder.key, key_prefix="", poll_interval=0.05)
+        with holder.lease(1.0):
+            started = time.monotonic()
+            follower.wait_for_release(0.3)
+            held = time.monotonic() - started
+            thread = threading.Thread(target=follower.wait_for_release, args=(5.0,))
+            thread.start()
+            time.sleep(0.1)
+            released = time.monotonic()
+        thread.join(timeout=10)
+        latency = time.monotonic() - released
+        client.close()
+
+        assert 0.3 <= held < 0.6
+        assert latency < 0.3
+
+    def test_server_away_is_storage_unavailable(self):
+        store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", key="k", timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            store.wait_for_release(5.0)
+        assert time.monotonic() - started < 2.0
+
+    def test_a_broken_subscription_is_made_again(self, tmp_path):
+        """The server restarts under a subscription: a wait may fail or return early, the next
+        one subscribes again and is woken by a release."""
+        with running_redis() as server:
+            holder = RedisStore(server.url, key="k")
+            follower = RedisStore(server.url, key="k")
+            follower.wait_for_release(1.0)
+            server.stop(kill=True)
+            server.start()
+            with contextlib.suppress(StorageUnavailable):  # or an early return
+                follower.wait_for_release(1.0)
+            woken: list[float] = []
+            with holder.lease(1.0):
+                thread = threading.Thread(
+                    target=lambda: (follower.wait_for_release(5.0), woken.append(time.monotonic()))
+                )
+                thread.start()
+                time.sleep(0.3)
+                early = len(woken)
+                released = time.monotonic()
+            thread.join(timeout=10)
+            follower.close()
+            holder.close()
+
+        assert 0 == early
+        assert 1 == len(woken)
+        assert woken[0] - released < 0.5
+
+
+class TestAsyncWaitForRelease:
+    """The asyncio store, waiters in tasks."""
+
+    def test_one_release_wakes_every_task(self, holder):
+        async def scenario() -> tuple[int, list[float], float]:
+            woken: list[float] = []
+            async with AsyncRedisStore(
+                holder.location.split(" key ")[0], key=holder.key, key_prefix=""
+            ) as follower:
+
+                async def wait() -> None:
+                    await follower.wait_for_release(5.0)
+                    woken.append(time.monotonic())
+
+                with holder.lease(1.0):
+                    tasks = [asyncio.ensure_future(wait()) for _ in range(WAITERS)]
+                    await asyncio.sleep(0.3)
+                    early = len(woken)
+                    released = time.monotonic()
+                await asyncio.gather(*tasks)
+            return early, woken, released
+
+        early, woken, released = run(scenario())
+        latency = max(woken) - released
+        print(f"{WAITERS} tasks woken {latency * 1000:.1f} ms after the release")
+        assert 0 == early
+        assert WAITERS == len(woken)
+        assert latency < 0.5
+
+    def test_held_free_and_closed(self, holder):
+        """A held lease keeps a task until its timeout; a free one returns at once; aclose()
+        ends the subscription."""
+
+        async def scenario() -> tuple[float, float, int, int]:
+            follower = AsyncRedisStore(
+                holder.location.split(" key ")[0], key=holder.key, key_prefix=""
+            )
+            with holder.lease(1.0):
+                started = time.monotonic()
+                await follower.wait_for_release(0.3)
+                held = time.monotonic() - started
+            started = time.monotonic()
+            await follower.wait_for_release(5.0)
+            free = time.monotonic() - started
+            during = subscribers(holder)
+            await follower.aclose()
+            return held, free, during, subscribers(holder)
+
+        held, free, during, after = run(scenario())
+        assert 0.3 <= held < 0.6
+        assert free < 0.05
+        assert (1, 0) == (during, after)
+
+    def test_a_cancelled_waiter_leaves_the_others_waiting(self, holder):
+        """Cancelling the task that reads the subscription hands the reading to another."""
+
+        async def scenario() -> tuple[bool, float]:
+            async with AsyncRedisStore(
+                holder.location.split(" key ")[0], key=holder.key, key_prefix=""
+            ) as follower:
+                with holder.lease(1.0):
+                    first = asyncio.ensure_future(follower.wait_for_release(5.0))
+                    await asyncio.sleep(0.1)
+                    second = asyncio.ensure_future(follower.wait_for_release(5.0))
+                    await asyncio.sleep(0.1)
+                    first.cancel()
+                    await asyncio.sleep(0.1)
+                    waiting = not second.done()
+                    released = time.monotonic()
+                await asyncio.wait_for(second, 5.0)
+                return waiting, time.monotonic() - released
+
+        waiting, latency = run(scenario())
+        assert waiting
+        assert latency < 0.5
