@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """
-Generate the blocking Redis store from the asyncio one, as httpcore does with unasync.
+Generate blocking modules from asyncio ones, as httpcore does with unasync: the Redis store and
+the engine's effect performer.
 
     python scripts/unasync.py           # write the generated files
     python scripts/unasync.py --check   # exit 1, showing a diff, when one is out of date
@@ -28,9 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = Path("src/authfsm/adapters/storage")
 
 #: (source, generated), relative to the repository.
+ENGINE = Path("src/authfsm/engine")
+
 FILES = [
     (PACKAGE / "_redis_async.py", PACKAGE / "_redis_sync.py"),
     (PACKAGE / "_redis_release_async.py", PACKAGE / "_redis_release_sync.py"),
+    (ENGINE / "_perform_async.py", ENGINE / "_perform_sync.py"),
 ]
 
 #: Whole lines (regular expressions matching all of a line, without its newline).
@@ -42,6 +46,15 @@ LINES = [
     (r"from collections\.abc import Awaitable, Callable", "from collections.abc import Callable"),
     (r"from \._redis_tasks import (.*)", r"from ._redis_threads import \1"),
     (r"from \._redis_release_async import (.*)", r"from ._redis_release_sync import \1"),
+    (
+        r"What each effect means for an asyncio store and endpoint: one call per kind of effect\.",
+        "What each effect means for a blocking store and endpoint: one call per kind of effect.",
+    ),
+    (
+        r"from \._ports_async import AsyncReleaseWatch, AsyncStore, AsyncTokenEndpoint, "
+        r"TransientFailure",
+        "from ._ports import ReleaseWatch, Store, TokenEndpoint, TransientFailure",
+    ),
     (
         r"    Concurrency: coroutine methods; each held lease is renewed by a task; "
         r"the client belongs",
@@ -66,6 +79,8 @@ TOKENS = [
     (r"redis\.asyncio", "redis"),
     (r"asyncio=True", "asyncio=False"),
     (r"Awaitable\[bool\]", "bool"),
+    (r"AbstractAsyncContextManager", "AbstractContextManager"),
+    (r"(perform|refresh|revoke|shielded|sleep)_async", r"\1"),
 ]
 
 _LINES = [(re.compile(pattern), replacement) for pattern, replacement in LINES]

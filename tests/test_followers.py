@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
+import os
 import subprocess
 import sys
 import threading
@@ -24,7 +26,7 @@ import pytest
 
 from authfsm import AsyncAuthEngine, AuthEngine, Policy
 from authfsm.adapters import FileStore, MemoryStore, OAuthTokenEndpoint
-from authfsm.engine import Record, Refreshed, ReleaseWatch, minted
+from authfsm.engine import LeaseTimeout, Record, Refreshed, ReleaseWatch, minted
 from authfsm.testing import TokenServer
 
 from .conftest import CountingStore
@@ -149,6 +151,27 @@ class TestFileStoreWatch:
         finally:
             holder.kill()
             holder.wait(10)
+
+    def test_a_watchers_shared_lock_is_not_a_holder(self, tmp_path: Path) -> None:
+        """A waiter's momentary shared lock (taken as a release happens) does not make an
+        attempt to take the free lease fail; a real holder still does, at once."""
+        path = tmp_path / "auth.json"
+        store = FileStore(path)
+        with store.lease(1.0):
+            pass
+        fd = os.open(tmp_path / "auth.json.lock", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # what LockFileWatch holds for an instant
+            threading.Timer(0.01, fcntl.flock, (fd, fcntl.LOCK_UN)).start()
+            with store.lease(0):
+                pass
+        finally:
+            os.close(fd)
+        with FileStore(path).lease(1.0):
+            started = time.monotonic()
+            with pytest.raises(LeaseTimeout):
+                store.lease(0).__enter__()
+            assert time.monotonic() - started < WOKEN_WITHIN
 
     def test_a_holder_that_dies_wakes_the_waiters(self, tmp_path: Path) -> None:
         path = tmp_path / "auth.json"

@@ -1,4 +1,7 @@
-"""The blocking Redis store is generated from the asyncio one: scripts/unasync.py and its check."""
+"""
+The blocking Redis store and effect performer are generated from the asyncio ones:
+scripts/unasync.py and its check.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ from .helpers import SUBPROCESS_TIMEOUT
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "unasync.py"
 PACKAGE = Path("src/authfsm/adapters/storage")
+ENGINE = Path("src/authfsm/engine")
 PAIRS = [
-    ("_redis_async.py", "_redis_sync.py"),
-    ("_redis_release_async.py", "_redis_release_sync.py"),
+    (PACKAGE, "_redis_async.py", "_redis_sync.py"),
+    (PACKAGE, "_redis_release_async.py", "_redis_release_sync.py"),
+    (ENGINE, "_perform_async.py", "_perform_sync.py"),
 ]
 
 
@@ -33,13 +38,13 @@ def unasync(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(name="copy")
 def _copy(tmp_path: Path) -> Path:
-    """The script and the Redis store modules, in a scratch tree laid out like the repository."""
+    """The script and the generated modules' sources, in a scratch tree laid out like the repo."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(SCRIPT, tmp_path / "scripts" / "unasync.py")
-    (tmp_path / PACKAGE).mkdir(parents=True)
-    for source, generated in PAIRS:
+    for folder, source, generated in PAIRS:
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
         for name in (source, generated):
-            shutil.copy(ROOT / PACKAGE / name, tmp_path / PACKAGE / name)
+            shutil.copy(ROOT / folder / name, tmp_path / folder / name)
     return tmp_path
 
 
@@ -81,8 +86,9 @@ class TestGeneratedStore:
 
     def test_unused_substitution_fails(self, copy):
         """A substitution that matches nothing any more is reported (the list is what differs)."""
-        source = copy / PACKAGE / "_redis_async.py"
-        source.write_text(source.read_text().replace("__aexit__", "__leave__"))
+        for folder, name, _generated in PAIRS:
+            source = copy / folder / name
+            source.write_text(source.read_text().replace("__aexit__", "__leave__"))
 
         done = unasync(copy)
 
@@ -90,10 +96,10 @@ class TestGeneratedStore:
         assert "matched nothing" in done.stderr
         assert "__aexit__" in done.stderr
 
-    @pytest.mark.parametrize(("source", "generated"), PAIRS)
-    def test_generated_is_blocking(self, source, generated):
+    @pytest.mark.parametrize(("folder", "source", "generated"), PAIRS)
+    def test_generated_is_blocking(self, folder, source, generated):
         """The header names the source; nothing asynchronous is left in the generated code."""
-        text = (ROOT / PACKAGE / generated).read_text()
+        text = (ROOT / folder / generated).read_text()
 
         assert text.startswith(f"# Generated from {source} by scripts/unasync.py: do not edit.")
         for leftover in (r"\bawait\b", r"\basync\b", r"redis\.asyncio", r"\bAsync[A-Z]", "aclose"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from ._async import AsyncAuthEngine, BlockingStoreInLoop
 from ._core import minted, observe
 from ._credentials import Credentials, Kind, decode_jwt_claims, fingerprint
-from ._effects import AsyncReleaseWatch, AsyncStore, AsyncTokenEndpoint
 from ._errors import (
     AccountMismatch,
     AuthError,
@@ -38,6 +37,7 @@ from ._ports import (
     TokenEndpoint,
     TransientFailure,
 )
+from ._ports_async import AsyncReleaseWatch, AsyncStore, AsyncTokenEndpoint
 from ._record import Backoff, Poison, Record
 from ._status import AuthStatus
 from ._sync import AuthEngine

@@ -21,20 +21,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..states import State
 from ._checks import check_endpoint, check_policy, check_store
 from ._credentials import Credentials
-from ._effects import (
-    POLL_INTERVAL,
-    AsyncStore,
-    AsyncTokenEndpoint,
-    Commitment,
-    Flow,
-    drive_async,
-    poll_lease,
-)
+from ._drivers import Commitment, drive_async, poll_lease
+from ._effects import POLL_INTERVAL, Flow
 from ._errors import EngineMisuse
 from ._events import EventLog, Observer
 from ._flows import EngineCore
 from ._policy import Policy
 from ._ports import ReleaseWatch, Store
+from ._ports_async import AsyncStore, AsyncTokenEndpoint
 from ._record import Record
 from ._status import AuthStatus
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..states import State
 from ._checks import check_endpoint, check_policy, check_store
 from ._credentials import Credentials
-from ._effects import Flow, drive
+from ._drivers import drive
+from ._effects import Flow
 from ._errors import EngineMisuse
 from ._events import EventLog, Observer
 from ._flows import EngineCore

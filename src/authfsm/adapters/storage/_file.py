@@ -55,6 +55,10 @@ def check_lock_timeout(value: float) -> float:
     return float(value)
 
 
+# How long taking a lease that nobody holds may wait for watchers' momentary shared locks.
+_WATCHERS_GRACE = 0.05
+
+
 class LockFileLease:
     """
     The lease of a store that locks a file: exclusive per holder, within and across processes.
@@ -112,7 +116,15 @@ class LockFileLease:
     def _locked(self, wait: float, timeout: float) -> Iterator[None]:
         try:
             self._lock_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._os_lock.acquire(timeout=wait)
+            try:
+                self._os_lock.acquire(timeout=wait)
+            except filelock.Timeout:
+                # Waiters watching for a release (LockFileWatch) hold a shared lock for an
+                # instant when one happens; they are not holders. Only when nobody holds the
+                # lock exclusively, give them that instant.
+                if self._watch.held_exclusively() is not False:
+                    raise
+                self._os_lock.acquire(timeout=_WATCHERS_GRACE)
         except filelock.Timeout:
             raise self._timeout(timeout) from None
         except OSError as error:

@@ -58,6 +58,11 @@ class LockFileWatch:
         elif not free:
             await self._wakeup.wait_async(timeout, until_woken=self._watching)
 
+    def held_exclusively(self) -> bool | None:
+        """Whether someone holds the lease now (None: this file system cannot tell)."""
+        free = self._is_free()
+        return None if free is None else not free
+
     def _is_free(self) -> bool | None:
         """
         One non-blocking try for the shared lock: a missing lock file is free, an error (no

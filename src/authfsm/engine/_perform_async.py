@@ -1,0 +1,67 @@
+"""
+What each effect means for an asyncio store and endpoint: one call per kind of effect.
+
+``_perform_async.py`` is the source; ``_perform_sync.py`` is generated from it by
+``scripts/unasync.py`` (a test fails while it is stale). The drivers around them
+(:mod:`._drivers`) are written twice on purpose: what they add is how a run is interrupted,
+Ctrl-C held back by a signal handler for blocking I/O, cancellation shielded for asyncio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from ._effects import (
+    POLL_INTERVAL,
+    AcquireLease,
+    AwaitRelease,
+    CallEndpoint,
+    Effect,
+    ReadStore,
+    ReleaseLease,
+    WriteStore,
+)
+from ._perform_hooks import shielded_async, sleep_async
+from ._ports_async import AsyncReleaseWatch, AsyncStore, AsyncTokenEndpoint, TransientFailure
+
+__all__ = ["perform_async"]
+
+
+async def perform_async(
+    effect: Effect,
+    store: AsyncStore,
+    endpoint: AsyncTokenEndpoint | None,
+    leases: list[contextlib.AbstractAsyncContextManager[None]],
+) -> Any:
+    """
+    Perform ``effect``; its result is sent back into the flow (its exception thrown in).
+
+    A held lease is pushed on ``leases`` and popped by the effect that releases it. An endpoint
+    that raises instead of classifying its answer has failed for now (a transient failure).
+    """
+    if isinstance(effect, ReadStore):
+        return await store.read()
+    if isinstance(effect, WriteStore):
+        return await store.write(effect.record, effect.expected_revision)
+    if isinstance(effect, AcquireLease):
+        lease = store.lease(effect.timeout)
+        await lease.__aenter__()
+        leases.append(lease)
+        return None
+    if isinstance(effect, ReleaseLease):
+        await shielded_async(leases.pop().__aexit__(None, None, None))
+        return None
+    if isinstance(effect, AwaitRelease):
+        if isinstance(store, AsyncReleaseWatch):
+            await store.wait_for_release(effect.timeout)
+        else:
+            await sleep_async(max(min(effect.timeout, POLL_INTERVAL), 0.0))
+        return None
+    if isinstance(effect, CallEndpoint):
+        assert endpoint is not None, "the core checks for an endpoint first"
+        try:
+            return await endpoint.refresh_async(effect.credentials)
+        except Exception as error:  # noqa: BLE001 - a custom endpoint broke its contract
+            return TransientFailure(reason=f"endpoint_error:{type(error).__name__}")
+    return await endpoint.revoke_async(effect.credentials) if endpoint else False
