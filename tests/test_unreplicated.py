@@ -12,10 +12,12 @@ side of it on the fake clock.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 
+import attrs
 import pytest
 
-from authfsm import AuthEngine, State, StorageUnreplicated
+from authfsm import AccountMismatch, AuthEngine, State, StorageUnreplicated
 from authfsm.adapters import MemoryStore
 from authfsm.engine import Record
 
@@ -152,6 +154,84 @@ class TestRefreshNotReplicated:
 
         assert token == sibling.access_token()
         assert 1 == server.token_calls
+
+    def test_a_sibling_that_took_the_unreplicated_write_never_goes_back(
+        self, endpoint, clock, server
+    ):
+        """B adopts A's rotation from the primary; the failover brings back the record A
+        replaced. B keeps the newer credential (the store went back, B never does), refreshes
+        with it and writes; A then adopts B's. No reuse, the family lives."""
+        store = PrimaryAndReplica()
+        a = _engine(store, endpoint, clock, server)
+        b = AuthEngine(store, endpoint, POLICY, clock=clock)
+        clock.advance(DUE)
+        store.replica_up = False
+        rotated = a.access_token()
+        assert rotated == b.access_token()  # adopted from the primary
+        store.failover()
+        store.replica_up = True
+
+        clock.advance(DUE)
+        token_b = b.access_token()
+        token_a = a.access_token()
+
+        assert 0 == server.reuse_rejections
+        assert 2 == server.token_calls
+        assert token_a == token_b == _stored_token(store)
+        assert server.family_alive(b.credentials)
+
+    def test_a_store_restored_from_an_old_backup_is_not_adopted(self, endpoint, clock, server):
+        """The same rule without replicas: a record older than what the engine saw, holding a
+        credential minted before its own, is written over instead of adopted."""
+        store = MemoryStore()
+        engine = _engine(store, endpoint, clock, server)
+        backup = store.read()
+        clock.advance(DUE)
+        token = engine.access_token()
+        store._record = backup  # the store restored from a backup taken before the rotation
+
+        clock.advance(DUE)
+        engine.access_token()
+
+        assert (2, 0) == (server.token_calls, server.reuse_rejections)
+        assert token != engine.access_token()
+        assert server.family_alive(engine.credentials)
+
+    def test_a_new_login_at_a_lower_revision_is_adopted(self, endpoint, clock, server):
+        """Going back needs an older credential too: a store deleted and logged into again
+        (revision 1, a credential minted after this engine's) is simply adopted."""
+        store = MemoryStore()
+        engine = _engine(store, endpoint, clock, server)
+        clock.advance(DUE)
+        engine.access_token()
+        engine.access_token()
+        store._record = None
+        clock.advance(5)
+        relogin = server.issue()
+        store.write(Record(credential=relogin), None)
+
+        assert engine.reload() is State.RELOADED
+        assert relogin.access_token == engine.access_token()
+
+    def test_an_older_record_of_another_identity_is_still_refused_not_overwritten(
+        self, endpoint, clock, server
+    ):
+        """A lower revision holding another user's older login (a tool rewrote the file): the
+        identity guard decides, as ever; nothing is written over it."""
+        store = MemoryStore()
+        engine = _engine(store, endpoint, clock, server)
+        clock.advance(DUE)
+        engine.access_token()
+        engine.access_token()
+        other = attrs.evolve(
+            server.issue(user_id="user-2", account_id="acct-2"),
+            last_refresh=datetime.fromtimestamp(clock() - 7200, UTC),
+        )
+        store._record = Record(credential=other)  # revision 0: written by another program
+
+        with pytest.raises(AccountMismatch):
+            engine.reload()
+        assert other == store.read().credential
 
 
 class TestLoginAndLogoutNotReplicated:

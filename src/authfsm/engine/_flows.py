@@ -166,6 +166,9 @@ class EngineCore:
         self.failures = 0
         self.failure: str | None = None
         self.unsaved: _Unsaved | None = None
+        # The highest record revision this engine has read or written: a store that later shows
+        # a lower one has gone back in time (a failover to a replica that missed writes).
+        self.high_water = 0
         # The failure came from taking the lease (a plain store read does not clear it).
         self.lease_failed = False
         # Credentials held before the current one: a 401 for one of them is judged against it.
@@ -323,6 +326,7 @@ class EngineCore:
             base = record.revision if record is not None else None
             try:
                 yield WriteStore(Record(credential=credentials), base)
+                self._saw((base or 0) + 1)
             except StorageUnreplicated as error:
                 unreplicated = error  # stored on the primary: kept, and written again later
         finally:
@@ -571,6 +575,7 @@ class EngineCore:
         for _attempt in range(_SAVE_ATTEMPTS):
             try:
                 yield WriteStore(Record(credential=new), expected)
+                self._saw((expected or 0) + 1)
             except StorageUnreplicated as error:
                 # Written, but a failover could still lose it: never try that revision again.
                 self._unreplicated(error, new)
@@ -643,6 +648,7 @@ class EngineCore:
                 self._sync(record, reason="unsaved_superseded")
                 return
             yield WriteStore(Record(credential=cred), record.revision if record else None)
+            self._saw((record.revision if record else 0) + 1)
         except StorageUnreplicated as error:
             self._unreplicated(error, cred)
             self._mark_unsaved(unsaved.base, self.clock(), unreplicated=True)
@@ -773,6 +779,28 @@ class EngineCore:
             return self.cred
         return record.credential if record is not None else None
 
+    def _saw(self, revision: int) -> None:
+        self.high_water = max(self.high_water, revision)
+
+    def _went_back(self, record: Record | None, state: State, judge_against_nothing: bool) -> bool:
+        """The store shows an older revision than this engine saw, holding an older credential."""
+        cred = self.cred
+        return (
+            record is not None
+            and record.revision < self.high_water
+            and record.credential is not None
+            and cred is not None
+            and state in _HOLDING
+            and not judge_against_nothing
+            and record.credential.fingerprint != cred.fingerprint
+            and _minted_before(record.credential, cred)
+            # Another identity is the user's deliberate switch (refused or allowed as ever).
+            and is_compatible(
+                identity_of(cred, self.policy.identity),
+                identity_of(record.credential, self.policy.identity),
+            )
+        )
+
     def _unreplicated_copy(self, record: Record | None) -> bool:
         """The store's primary holds this engine's credential, not yet known to be replicated."""
         return (
@@ -825,6 +853,20 @@ class EngineCore:
             if self.failure in _UNSAVED:
                 self.failure = None
             self._publish()
+        if self._went_back(record, state, judge_against_nothing):
+            assert record is not None
+            # The store went back in time (a failover to a replica that missed the latest
+            # writes, a restored backup) to a credential older than this engine's, whose
+            # refresh token was spent: keep this one, never adopt that back, write it again.
+            self.log.emit(
+                "warning", "authfsm.store.went_back", revision=record.revision, reason=reason
+            )
+            self.unsaved = _Unsaved(record.revision, now)
+            self.failure = "unsaved"
+            self._publish()
+            return False
+        if record is not None:
+            self._saw(record.revision)
         if record is None and state in _HOLDING and self.cred is not None:
             # No record at all is not a logout (a logout leaves a tombstone): the store lost
             # it (a Redis restart without persistence). Keep serving; write it back.
