@@ -217,6 +217,38 @@ class TestWaitForReplicas:
         assert 0 == acknowledged
 
 
+class TestReplicatedLease:
+    """With min_replicas, a lease is on the replicas before its holder spends a refresh token."""
+
+    def test_the_lease_is_on_the_replica_when_taken(self, pair, store):
+        with store.lease(1.0):
+            assert on(pair.replica, store.lease_key) is not None
+
+    def test_a_lease_waits_for_the_replica_then_is_taken_anyway(self, pair, store):
+        """Replica paused: taking the lease waits replica_timeout (the replica cannot have it),
+        then holds it all the same: a replica outage slows refreshes, never stops them."""
+        with pair.replica_paused():
+            started = time.monotonic()
+            with store.lease(1.0):
+                waited = time.monotonic() - started
+                held = on(pair.primary, store.lease_key)
+
+        assert held is not None
+        assert 0.2 <= waited < 1.0
+
+    def test_async_lease_waits_too(self, pair, redis_key):
+        async def scenario() -> float:
+            async with AsyncRedisStore(
+                pair.primary.url, key=redis_key, min_replicas=1, replica_timeout=0.2, timeout=1.0
+            ) as store:
+                with pair.replica_paused():
+                    started = time.monotonic()
+                    async with store.lease(1.0):
+                        return time.monotonic() - started
+
+        assert 0.2 <= run(scenario()) < 1.0
+
+
 class TestResentSwap:
     """A swap sent again after a lost reply writes its value once more, so WAIT covers it."""
 

@@ -98,7 +98,9 @@ class AsyncRedisStore:
         min_replicas: after every write (``write``, ``delete``, ``reseal``) that swapped, wait
             until this many replicas acknowledged it (Redis ``WAIT``); fewer within
             ``replica_timeout`` raise :class:`~authfsm.engine.StorageUnreplicated`. The write
-            is not undone. 0 (the default) waits for none.
+            is not undone. The lease waits for them too, at most as long, before its holder
+            spends a refresh token (best effort: it is taken all the same). 0 (the default)
+            waits for none.
         replica_timeout: how long to wait for them, in seconds; shorter than ``timeout``.
         **options: passed to ``redis.asyncio.Redis.from_url``: ``ssl_ca_certs``,
             ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``password``, ``username``...
@@ -491,6 +493,8 @@ class AsyncRedisStore:
                 self._acquire_script, keys=[layout.lease_key], args=[token, layout.ttl_ms]
             )
             if as_int(taken) == 1:
+                if layout.min_replicas:
+                    await self._call(self._replicate_lease, token)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -499,6 +503,27 @@ class AsyncRedisStore:
             # BLPOP's timeout 0 means forever, hence the floor.
             wait = max(min(remaining, layout.poll_interval), 0.001)
             await self._call(self._client.blpop, [layout.wake_key], timeout=wait)
+
+    async def _replicate_lease(self, token: str) -> None:
+        """
+        With ``min_replicas``: wait (at most ``replica_timeout``) until the replicas have the
+        lease just taken, before its holder spends a refresh token. A failover while the holder
+        refreshes then promotes a replica on which the lease is still held, so no sibling takes
+        it (and spends the same refresh token) before the holder has written what it got.
+        Best effort: replicas that do not answer in time delay the refresh, never refuse it.
+
+        ``WAIT`` counts the acknowledgements of its own connection's writes, so a renewal of the
+        lease (a write) goes first on the same connection, in one round trip.
+        """
+        layout = self._layout
+        route: dict[str, Any] = {}
+        if layout.cluster:
+            await initialized(self._client)
+            route["target_nodes"] = self._client.get_node_from_key(layout.lease_key)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.execute_command("EVAL", RENEW, 1, layout.lease_key, token, layout.ttl_ms)
+        pipe.execute_command("WAIT", layout.min_replicas, layout.wait_ms, **route)
+        await pipe.execute()
 
     async def _renew(self, token: str) -> None:
         """Extend ``token``'s lease if it still owns it (a released token: nothing happens)."""

@@ -100,7 +100,9 @@ class RedisStore:
         min_replicas: after every write (``write``, ``delete``, ``reseal``) that swapped, wait
             until this many replicas acknowledged it (Redis ``WAIT``); fewer within
             ``replica_timeout`` raise :class:`~authfsm.engine.StorageUnreplicated`. The write
-            is not undone. 0 (the default) waits for none.
+            is not undone. The lease waits for them too, at most as long, before its holder
+            spends a refresh token (best effort: it is taken all the same). 0 (the default)
+            waits for none.
         replica_timeout: how long to wait for them, in seconds; shorter than ``timeout``.
         **options: passed to ``redis.Redis.from_url``: ``ssl_ca_certs``,
             ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``password``, ``username``...
@@ -493,6 +495,8 @@ class RedisStore:
                 self._acquire_script, keys=[layout.lease_key], args=[token, layout.ttl_ms]
             )
             if as_int(taken) == 1:
+                if layout.min_replicas:
+                    self._call(self._replicate_lease, token)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -501,6 +505,27 @@ class RedisStore:
             # BLPOP's timeout 0 means forever, hence the floor.
             wait = max(min(remaining, layout.poll_interval), 0.001)
             self._call(self._client.blpop, [layout.wake_key], timeout=wait)
+
+    def _replicate_lease(self, token: str) -> None:
+        """
+        With ``min_replicas``: wait (at most ``replica_timeout``) until the replicas have the
+        lease just taken, before its holder spends a refresh token. A failover while the holder
+        refreshes then promotes a replica on which the lease is still held, so no sibling takes
+        it (and spends the same refresh token) before the holder has written what it got.
+        Best effort: replicas that do not answer in time delay the refresh, never refuse it.
+
+        ``WAIT`` counts the acknowledgements of its own connection's writes, so a renewal of the
+        lease (a write) goes first on the same connection, in one round trip.
+        """
+        layout = self._layout
+        route: dict[str, Any] = {}
+        if layout.cluster:
+            initialized(self._client)
+            route["target_nodes"] = self._client.get_node_from_key(layout.lease_key)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.execute_command("EVAL", RENEW, 1, layout.lease_key, token, layout.ttl_ms)
+        pipe.execute_command("WAIT", layout.min_replicas, layout.wait_ms, **route)
+        pipe.execute()
 
     def _renew(self, token: str) -> None:
         """Extend ``token``'s lease if it still owns it (a released token: nothing happens)."""
