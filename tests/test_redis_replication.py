@@ -224,27 +224,34 @@ class TestReplicatedLease:
         with store.lease(1.0):
             assert on(pair.replica, store.lease_key) is not None
 
-    def test_a_lease_waits_for_the_replica_then_is_taken_anyway(self, pair, store):
-        """Replica paused: taking the lease waits replica_timeout (the replica cannot have it),
-        then holds it all the same: a replica outage slows refreshes, never stops them."""
+    def test_a_lease_the_replica_does_not_get_is_given_back(self, pair, store):
+        """Replica paused: taking the lease waits replica_timeout, then gives it back and
+        raises StorageUnreplicated: no refresh starts that a failover could cut off."""
         with pair.replica_paused():
             started = time.monotonic()
-            with store.lease(1.0):
-                waited = time.monotonic() - started
-                held = on(pair.primary, store.lease_key)
+            with pytest.raises(StorageUnreplicated) as caught:
+                store.lease(1.0).__enter__()
+            waited = time.monotonic() - started
+            held = on(pair.primary, store.lease_key)
 
-        assert held is not None
+        assert None is held
+        assert (0, 1) == (caught.value.acknowledged, caught.value.required)
         assert 0.2 <= waited < 1.0
+        with store.lease(1.0):  # the replica is back: taken at once
+            pass
 
-    def test_async_lease_waits_too(self, pair, redis_key):
+    def test_async_lease_too(self, pair, redis_key):
         async def scenario() -> float:
             async with AsyncRedisStore(
                 pair.primary.url, key=redis_key, min_replicas=1, replica_timeout=0.2, timeout=1.0
             ) as store:
                 with pair.replica_paused():
                     started = time.monotonic()
-                    async with store.lease(1.0):
-                        return time.monotonic() - started
+                    with pytest.raises(StorageUnreplicated):
+                        async with store.lease(1.0):
+                            pass
+                    assert on(pair.primary, store.lease_key) is None
+                    return time.monotonic() - started
 
         assert 0.2 <= run(scenario()) < 1.0
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
-from ...engine import Record, StorageUnavailable
+from ...engine import AuthError, Record, StorageUnavailable
 from ._codec import Codec
 from ._encryption import is_encrypted
 from ._redis_clients import (
@@ -98,9 +98,10 @@ class AsyncRedisStore:
         min_replicas: after every write (``write``, ``delete``, ``reseal``) that swapped, wait
             until this many replicas acknowledged it (Redis ``WAIT``); fewer within
             ``replica_timeout`` raise :class:`~authfsm.engine.StorageUnreplicated`. The write
-            is not undone. The lease waits for them too, at most as long, before its holder
-            spends a refresh token (best effort: it is taken all the same). 0 (the default)
-            waits for none.
+            is not undone. A lease must reach them too before its holder spends a refresh
+            token: else it is given back and ``lease()`` raises ``StorageUnreplicated`` (no
+            refresh starts while the replicas are away; engines serve their tokens meanwhile).
+            0 (the default) waits for none.
         replica_timeout: how long to wait for them, in seconds; shorter than ``timeout``.
         **options: passed to ``redis.asyncio.Redis.from_url``: ``ssl_ca_certs``,
             ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``password``, ``username``...
@@ -494,7 +495,7 @@ class AsyncRedisStore:
             )
             if as_int(taken) == 1:
                 if layout.min_replicas:
-                    await self._call(self._replicate_lease, token)
+                    await self._replicate_lease(token)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -506,15 +507,24 @@ class AsyncRedisStore:
 
     async def _replicate_lease(self, token: str) -> None:
         """
-        With ``min_replicas``: wait (at most ``replica_timeout``) until the replicas have the
-        lease just taken, before its holder spends a refresh token. A failover while the holder
-        refreshes then promotes a replica on which the lease is still held, so no sibling takes
-        it (and spends the same refresh token) before the holder has written what it got.
-        Best effort: replicas that do not answer in time delay the refresh, never refuse it.
+        With ``min_replicas``: the lease just taken must reach the replicas (``WAIT``, at most
+        ``replica_timeout``) before its holder spends a refresh token; if it does not, it is
+        given back and ``StorageUnreplicated`` raised (the engine then keeps serving its token
+        and backs off). A failover while the holder refreshes thus promotes a replica on which
+        the lease is held, so no sibling takes it and spends the same refresh token; and no
+        refresh starts that a failover could cut off from every copy of its result.
 
         ``WAIT`` counts the acknowledgements of its own connection's writes, so a renewal of the
         lease (a write) goes first on the same connection, in one round trip.
         """
+        layout = self._layout
+        acknowledged = await self._call(self._send_lease_wait, token)
+        if acknowledged < layout.min_replicas:
+            with contextlib.suppress(AuthError):
+                await self._release(token)
+            layout.require_replicas(acknowledged)
+
+    async def _send_lease_wait(self, token: str) -> int:
         layout = self._layout
         route: dict[str, Any] = {}
         if layout.cluster:
@@ -523,7 +533,8 @@ class AsyncRedisStore:
         pipe = self._client.pipeline(transaction=False)
         pipe.execute_command("EVAL", RENEW, 1, layout.lease_key, token, layout.ttl_ms)
         pipe.execute_command("WAIT", layout.min_replicas, layout.wait_ms, **route)
-        await pipe.execute()
+        _renewed, acknowledged = await pipe.execute()
+        return as_int(acknowledged)
 
     async def _renew(self, token: str) -> None:
         """Extend ``token``'s lease if it still owns it (a released token: nothing happens)."""

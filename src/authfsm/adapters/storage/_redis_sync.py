@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
-from ...engine import Record, StorageUnavailable
+from ...engine import AuthError, Record, StorageUnavailable
 from ._codec import Codec
 from ._encryption import is_encrypted
 from ._redis_clients import (
@@ -100,9 +100,10 @@ class RedisStore:
         min_replicas: after every write (``write``, ``delete``, ``reseal``) that swapped, wait
             until this many replicas acknowledged it (Redis ``WAIT``); fewer within
             ``replica_timeout`` raise :class:`~authfsm.engine.StorageUnreplicated`. The write
-            is not undone. The lease waits for them too, at most as long, before its holder
-            spends a refresh token (best effort: it is taken all the same). 0 (the default)
-            waits for none.
+            is not undone. A lease must reach them too before its holder spends a refresh
+            token: else it is given back and ``lease()`` raises ``StorageUnreplicated`` (no
+            refresh starts while the replicas are away; engines serve their tokens meanwhile).
+            0 (the default) waits for none.
         replica_timeout: how long to wait for them, in seconds; shorter than ``timeout``.
         **options: passed to ``redis.Redis.from_url``: ``ssl_ca_certs``,
             ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``, ``password``, ``username``...
@@ -496,7 +497,7 @@ class RedisStore:
             )
             if as_int(taken) == 1:
                 if layout.min_replicas:
-                    self._call(self._replicate_lease, token)
+                    self._replicate_lease(token)
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -508,15 +509,24 @@ class RedisStore:
 
     def _replicate_lease(self, token: str) -> None:
         """
-        With ``min_replicas``: wait (at most ``replica_timeout``) until the replicas have the
-        lease just taken, before its holder spends a refresh token. A failover while the holder
-        refreshes then promotes a replica on which the lease is still held, so no sibling takes
-        it (and spends the same refresh token) before the holder has written what it got.
-        Best effort: replicas that do not answer in time delay the refresh, never refuse it.
+        With ``min_replicas``: the lease just taken must reach the replicas (``WAIT``, at most
+        ``replica_timeout``) before its holder spends a refresh token; if it does not, it is
+        given back and ``StorageUnreplicated`` raised (the engine then keeps serving its token
+        and backs off). A failover while the holder refreshes thus promotes a replica on which
+        the lease is held, so no sibling takes it and spends the same refresh token; and no
+        refresh starts that a failover could cut off from every copy of its result.
 
         ``WAIT`` counts the acknowledgements of its own connection's writes, so a renewal of the
         lease (a write) goes first on the same connection, in one round trip.
         """
+        layout = self._layout
+        acknowledged = self._call(self._send_lease_wait, token)
+        if acknowledged < layout.min_replicas:
+            with contextlib.suppress(AuthError):
+                self._release(token)
+            layout.require_replicas(acknowledged)
+
+    def _send_lease_wait(self, token: str) -> int:
         layout = self._layout
         route: dict[str, Any] = {}
         if layout.cluster:
@@ -525,7 +535,8 @@ class RedisStore:
         pipe = self._client.pipeline(transaction=False)
         pipe.execute_command("EVAL", RENEW, 1, layout.lease_key, token, layout.ttl_ms)
         pipe.execute_command("WAIT", layout.min_replicas, layout.wait_ms, **route)
-        pipe.execute()
+        _renewed, acknowledged = pipe.execute()
+        return as_int(acknowledged)
 
     def _renew(self, token: str) -> None:
         """Extend ``token``'s lease if it still owns it (a released token: nothing happens)."""
