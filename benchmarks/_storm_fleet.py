@@ -32,6 +32,32 @@ GO_MARGIN = 0.05
 GO_MARGIN_PER_WORKER = 0.001
 
 
+def read_replies(procs: Sequence[subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
+    """One JSON line from each worker, in the workers' order (``REPLY_TIMEOUT`` for all)."""
+    deadline = time.monotonic() + REPLY_TIMEOUT
+    replies: dict[int, dict[str, Any]] = {}
+    buffers = {n: b"" for n in range(len(procs))}
+    with selectors.DefaultSelector() as selector:
+        for n, proc in enumerate(procs):
+            assert proc.stdout is not None
+            selector.register(proc.stdout, selectors.EVENT_READ, n)
+        while len(replies) < len(procs):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"workers did not answer within {REPLY_TIMEOUT:g} s")
+            for key, _ in selector.select(remaining):
+                n = key.data
+                chunk = os.read(key.fd, 1 << 20)
+                if not chunk:
+                    raise RuntimeError(f"worker {n} died")
+                buffers[n] += chunk
+                if b"\n" in buffers[n]:
+                    raw, _, buffers[n] = buffers[n].partition(b"\n")
+                    replies[n] = json.loads(raw)
+                    selector.unregister(key.fileobj)
+    return [replies[n] for n in range(len(procs))]
+
+
 class Fleet:
     """Long-lived worker processes; a round goes to the first N of them."""
 
@@ -46,17 +72,17 @@ class Fleet:
             )
             for _ in range(size)
         ]
-        self._replies(self.procs)
+        read_replies(self.procs)
 
     def prepare(self, n: int, command: dict[str, Any]) -> None:
         """Hand the first ``n`` workers a round; returns when all are ready."""
         self._send(self.procs[:n], {"op": "prepare", **command})
-        self._replies(self.procs[:n])
+        read_replies(self.procs[:n])
 
     def settle(self) -> None:
         """Returns once every worker is idle (done with its last round and its garbage)."""
         self._send(self.procs, {"op": "ping"})
-        self._replies(self.procs)
+        read_replies(self.procs)
 
     def cpu_seconds(self, n: int) -> float:
         """
@@ -77,7 +103,7 @@ class Fleet:
     def go(self, n: int, start_at: float) -> list[dict[str, Any]]:
         """Start the prepared round at ``start_at``; every worker's answer, in order."""
         self._send(self.procs[:n], {"op": "go", "start_at": start_at})
-        return self._replies(self.procs[:n])
+        return read_replies(self.procs[:n])
 
     @staticmethod
     def start_instant(n: int) -> float:
@@ -90,31 +116,6 @@ class Fleet:
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write(line)
-
-    @staticmethod
-    def _replies(procs: Sequence[subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + REPLY_TIMEOUT
-        replies: dict[int, dict[str, Any]] = {}
-        buffers = {n: b"" for n in range(len(procs))}
-        with selectors.DefaultSelector() as selector:
-            for n, proc in enumerate(procs):
-                assert proc.stdout is not None
-                selector.register(proc.stdout, selectors.EVENT_READ, n)
-            while len(replies) < len(procs):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"workers did not answer within {REPLY_TIMEOUT:g} s")
-                for key, _ in selector.select(remaining):
-                    n = key.data
-                    chunk = os.read(key.fd, 1 << 20)
-                    if not chunk:
-                        raise RuntimeError(f"worker {n} died")
-                    buffers[n] += chunk
-                    if b"\n" in buffers[n]:
-                        raw, _, buffers[n] = buffers[n].partition(b"\n")
-                        replies[n] = json.loads(raw)
-                        selector.unregister(key.fileobj)
-        return [replies[n] for n in range(len(procs))]
 
     def memory(self) -> Memory | None:
         """The workers' resident and proportional set sizes now (Linux only)."""

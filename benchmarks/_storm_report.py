@@ -265,18 +265,26 @@ WHY = """\
 """
 
 
-def results_page(text: str, argv: Sequence[str] | None) -> str:
+def results_page(
+    text: str,
+    argv: Sequence[str] | None,
+    *,
+    title: str = "Storm benchmark results",
+    script: str = "storm.py",
+    why: str = WHY,
+) -> str:
+    """The results file of a benchmark: its table, what each column means, the machine."""
     given = sys.argv[1:] if argv is None else list(argv)
     return "\n".join(
         [
-            "# Storm benchmark results",
+            f"# {title}",
             "",
-            f"Written by `python benchmarks/storm.py {shlex.join(given)}`; see the module "
+            f"Written by `python benchmarks/{script} {shlex.join(given)}`; see the module "
             "docstring and `README.md` here for what is measured.",
             "",
             text,
             "",
-            WHY,
+            why,
             "## Machine",
             "",
             f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",

@@ -17,18 +17,22 @@ ROOT = Path(__file__).resolve().parents[1]
 STORM = ROOT / "benchmarks" / "storm.py"
 
 
-def run_storm(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """``storm.py`` with this checkout's ``src`` first on the path."""
+def run_benchmark(script: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """A benchmark script with this checkout's ``src`` first on the path."""
     paths = [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     return subprocess.run(
-        [sys.executable, str(STORM), *args],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=timeout,
         check=False,
     )
+
+
+def run_storm(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return run_benchmark(STORM, *args, timeout=timeout)
 
 
 class TestStorm:
