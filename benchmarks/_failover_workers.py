@@ -226,3 +226,7 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
+
+
+if __name__ == "__main__":
+    serve()
