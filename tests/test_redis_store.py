@@ -516,6 +516,24 @@ class TestServerTrouble:
         assert "storage_unavailable" == run(scenario())
 
 
+class TestManyTasks:
+    """One AsyncRedisStore shared by many engines of one event loop (an engine per task)."""
+
+    def test_a_burst_beyond_the_pool_waits_instead_of_failing(self, redis_server, redis_key):
+        """300 concurrent reads on a 100-connection pool all succeed: a task waits for a free
+        connection (redis.asyncio's default pool raised "Too many connections", which the
+        engines took for a store outage in a storm of 250 engines per process)."""
+
+        async def scenario() -> list[Record | None]:
+            async with AsyncRedisStore(redis_server.url, key=redis_key) as store:
+                await store.write(Record(credential=creds(1)), None)
+                return list(await asyncio.gather(*(store.read() for _ in range(300))))
+
+        records = run(scenario())
+        assert 300 == len(records)
+        assert all(record is not None and record.revision == 1 for record in records)
+
+
 class TestConnectionOptions:
     """URLs (TCP, unix socket, TLS), a given client, and refused combinations."""
 

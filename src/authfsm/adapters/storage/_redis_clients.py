@@ -117,8 +117,18 @@ def connect(
         assert url is not None
         merged = _client_options(timeout, options, _no_retry(asyncio=asyncio))
         module = import_redis("redis.asyncio" if asyncio else "redis")
+        if asyncio:
+            # redis.asyncio's default pool refuses a 101st concurrent command ("Too many
+            # connections"): many engines of one event loop sharing a store would see the store
+            # fail in a storm. A blocking pool makes a task wait for a connection instead (at
+            # most the store's timeout).
+            merged.setdefault("max_connections", 100)
+            pool = module.BlockingConnectionPool.from_url(url, timeout=timeout, **merged)
+            made = module.Redis.from_pool(pool)
+        else:
+            made = module.Redis.from_url(url, **merged)
         return Connection(
-            client=module.Redis.from_url(url, **merged),
+            client=made,
             server=_describe_url(url),
             owned=True,
             socket_timeout=_timeout_of(merged),
