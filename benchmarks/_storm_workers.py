@@ -75,12 +75,18 @@ def _redis_client(url: str, *, for_asyncio: bool) -> Any:
         from redis.backoff import NoBackoff
 
         family = redis.asyncio if for_asyncio else redis
-        client = family.Redis.from_url(
-            url,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-            retry=family.retry.Retry(NoBackoff(), 0),
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": 2.0,
+            "socket_connect_timeout": 2.0,
+            "retry": family.retry.Retry(NoBackoff(), 0),
+        }
+        if for_asyncio:  # as AsyncRedisStore's own client: tasks wait for a free connection
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                url, max_connections=100, timeout=2.0, **options
+            )
+            client = redis.asyncio.Redis.from_pool(pool)
+        else:
+            client = family.Redis.from_url(url, **options)
         kept[url] = client
     return client
 

@@ -81,10 +81,12 @@ class RedisStore:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` for TLS, or
             ``unix:///path/redis.sock?db=0``. Give ``url`` or ``client``, not both.
         client: an existing ``redis.Redis`` or ``redis.cluster.RedisCluster``
-            (made with ``decode_responses=False``). Its retry settings are yours: redis-py's
-            default retries for seconds while the server is down. A client the store makes
-            gets ``retry=Retry(NoBackoff(), 0)``; the store itself sends a command once more
-            after a connection error.
+            (made with ``decode_responses=False``). Its retry settings and pool are yours:
+            redis-py's default retries for seconds while the server is down, and its asyncio
+            pool refuses a 101st concurrent command. A client the store makes gets
+            ``retry=Retry(NoBackoff(), 0)`` (the store itself sends a command once more after
+            a connection error) and, for asyncio, a blocking pool of 100 connections (a burst
+            from many engines waits for a free one).
         key: the credential's name; the Redis key is ``key_prefix + key``. In Redis Cluster
             every key of the store must be in one slot: a key without a hash tag is wrapped in
             one (``authfsm:{credential}``); give your own to choose it (``"{myapp}:cred"``).
