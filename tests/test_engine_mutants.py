@@ -25,6 +25,7 @@ from authfsm import (
 )
 from authfsm.adapters import FileStore, MemoryStore
 from authfsm.engine import Backoff, PermanentFailure, Poison, Record, RefreshOutcome
+from authfsm.testing import ScriptedResponse
 
 from .conftest import CountingStore
 from .test_engine_teeth import (
@@ -648,3 +649,291 @@ class TestBusyLease:
         # Slept until the timeout (in slices of at most 0.25 s), not polled every few ms.
         assert 1 <= store.waits <= 3
         assert store.reads <= 4
+
+
+class TestRecoverWithoutNewToken:
+    """recover() that finds no other token says why and when to try again; at that time it does."""
+
+    def test_a_sibling_backoff_marker_says_when(self, file_store, endpoint, clock, server):
+        """Catches the reason ("no_new_token") or the retry time (the marker's) being lost."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        not_before = clock() + 30
+        marker = Backoff(fingerprint=creds.fingerprint, not_before=not_before, failures=1)
+        record = stored_record(file_store)
+        file_store.write(attrs.evolve(record, backoff=marker), record.revision)
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.recover(creds.access_token)
+
+        assert ("no_new_token", not_before) == (caught.value.reason, caught.value.retry_at)
+        assert (State.STALE, at(not_before)) == (engine.state, engine.status().retry_at)
+        assert 0 == server.token_calls
+
+    def test_an_adopted_copy_with_the_same_access_token(self, file_store, endpoint, clock, server):
+        """Catches an unknown retry time (none scheduled) being reported as a time."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        copy = attrs.evolve(creds, refresh_token="rt-written-by-a-sibling")
+        file_store.write(Record(credential=copy), stored_record(file_store).revision)
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.recover(creds.access_token)
+
+        assert ("no_new_token", None) == (caught.value.reason, caught.value.retry_at)
+        assert (copy, 0) == (engine.credentials, server.token_calls)
+
+    def test_at_the_retry_time_the_token_is_refreshed(self, file_store, endpoint, clock, server):
+        """Catches the backoff of a rejected token lasting up to and including its retry time."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        clock.advance(DUE)
+        server.fail_next(503)
+        assert creds.access_token == engine.access_token()
+        retry_at = engine.status().retry_at.timestamp()
+        clock.set(retry_at)
+
+        token = engine.recover(creds.access_token)
+
+        assert token not in (creds.access_token,)
+        assert (2, token) == (server.token_calls, stored_record(file_store).credential.access_token)
+
+
+class _FlakyWrites(FaultyStore):
+    """A store whose next ``failing`` writes raise StorageUnavailable (a dropped connection)."""
+
+    def __init__(self, inner, failing: int) -> None:
+        super().__init__(inner)
+        self.failing = failing
+
+    def write(self, record: Record, expected_revision: int | None) -> Record:
+        self.writes_fail = self.failing > 0
+        self.failing -= 1
+        return super().write(record, expected_revision)
+
+
+class TestSaveRetriedAtOnce:
+    """A refresh whose first write fails and whose second lands leaves nothing unsaved."""
+
+    def test_the_second_write_clears_the_failure(self, file_store, endpoint, clock, server):
+        """Catches the "unsaved" failure of the first attempt sticking after the second landed."""
+        store = _FlakyWrites(file_store, failing=0)
+        engine, _ = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.failing = 1
+
+        token = engine.access_token()
+
+        status = engine.status()
+        assert (State.FRESH, None, False) == (status.state, status.failure, status.unsaved)
+        assert token == stored_record(file_store).credential.access_token
+        assert 1 == server.token_calls
+
+    def test_also_when_the_server_answers_the_same_tokens(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches the failure being cleared only because the credential changed: a server that
+        answers with the access token still valid and no new refresh token changes no token."""
+        store = _FlakyWrites(file_store, failing=0)
+        engine, creds = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.failing = 1
+        server.script(ScriptedResponse(status=200, json={"access_token": creds.access_token}))
+
+        assert creds.access_token == engine.access_token()
+
+        status = engine.status()
+        assert (None, False, None) == (status.failure, status.unsaved, status.expires_at)
+        assert creds.refresh_token == stored_record(file_store).credential.refresh_token
+
+
+class TestStoreOutageHealed:
+    """Once the store answers again, the next outage backs off from the start."""
+
+    def test_the_failure_count_starts_over(self, endpoint, clock, server):
+        """Catches status() clearing a healed store failure but not its count (2 s, not 1 s)."""
+        store = FaultyStore(MemoryStore())
+        engine, creds = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.reads_fail = True
+        assert creds.access_token == engine.access_token()
+        store.reads_fail = False
+        assert None is engine.status().failure
+        store.reads_fail = True
+
+        attempt = clock()
+        assert creds.access_token == engine.access_token()
+
+        status = engine.status()
+        assert ("storage_unavailable", at(attempt + 1.0)) == (status.failure, status.retry_at)
+        assert 0 == server.token_calls
+
+
+class TestRejectionLoopGoesOn:
+    """While a 401 loop lasts, the token refreshed at its retry time is watched the same way."""
+
+    def test_the_next_refresh_is_watched_too(self, file_store, endpoint, clock, server):
+        """Catches the refresh at the end of the loop's window forgetting the loop: a 401 for its
+        token moments later would be refreshed again instead of reported."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        started = clock()
+        recovered = engine.recover(creds.access_token)
+        clock.advance(10)
+        with pytest.raises(RefreshFailed):
+            engine.recover(recovered)
+        clock.set(started + 60)
+        refreshed = engine.access_token()
+        assert refreshed not in (creds.access_token, recovered)
+        clock.advance(10)
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.recover(refreshed)
+
+        assert ("rejected_after_refresh", started + 120) == (
+            caught.value.reason,
+            caught.value.retry_at,
+        )
+        assert (2, refreshed) == (server.token_calls, engine.access_token())
+
+
+class TestErrorMessages:
+    """Each error's message says what happened and what to do (docs/errors.md), never a token."""
+
+    def test_no_refresh_token(self, file_store, endpoint, clock, server):
+        """Catches the not_refreshable message losing its advice (use it, then log in again)."""
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        engine.login(attrs.evolve(server.issue(), refresh_token=None))
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.refresh()
+
+        assert (
+            "This credential has no refresh token; it is used until it expires, then log in again."
+        ) == str(caught.value)
+
+    def test_a_siblings_backoff(self, file_store, endpoint, clock, server):
+        """Catches the message of a refresh refused by the shared backoff losing its advice."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        marker = Backoff(fingerprint=creds.fingerprint, not_before=clock() + 30, failures=1)
+        record = stored_record(file_store)
+        file_store.write(attrs.evolve(record, backoff=marker), record.revision)
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.refresh()
+
+        assert ("backing_off", clock() + 30) == (caught.value.reason, caught.value.retry_at)
+        assert "Refreshing is backing off after a failure; try again later." == str(caught.value)
+
+    def test_transient_then_backing_off(self, file_store, endpoint, clock, server):
+        """Catches the messages of a transient failure and of the backoff after it."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        server.fail_next(503)
+        with pytest.raises(RefreshFailed) as failed:
+            engine.refresh()
+
+        with pytest.raises(RefreshFailed) as backing_off:
+            engine.refresh()
+        with pytest.raises(RefreshFailed) as rejected:
+            engine.recover(creds.access_token)
+
+        assert [
+            "Refreshing failed for now (http_503); the old token stays in use.",
+            "Refreshing is backing off after a failure; try again later.",
+            "The token was rejected and refreshing is backing off after a failure.",
+        ] == [str(e.value) for e in (failed, backing_off, rejected)]
+        assert 1 == server.token_calls
+
+    def test_recover_without_a_new_token(self, file_store, endpoint, clock, server):
+        """Catches the message of a 401 no other token can answer yet."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        marker = Backoff(fingerprint=creds.fingerprint, not_before=clock() + 30, failures=1)
+        record = stored_record(file_store)
+        file_store.write(attrs.evolve(record, backoff=marker), record.revision)
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.recover(creds.access_token)
+
+        assert "The token was rejected and no other token could be obtained yet." == str(
+            caught.value
+        )
+
+    def test_rejected_after_refresh(self, file_store, endpoint, clock, server):
+        """Catches the rejection loop's message losing what to check."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        token = engine.recover(creds.access_token)
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.recover(token)
+
+        assert (
+            "The server rejected a token refreshed moments ago; refreshing again would not help "
+            "(check the token's audience and scopes, or the server's clock)."
+        ) == str(caught.value)
+
+    def test_rejected_api_key(self, file_store, endpoint, clock, server):
+        """Catches the rejected API key's message losing its advice."""
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        engine.login(Credentials.api_key("sk-test-key"))
+
+        with pytest.raises(ReauthRequired) as caught:
+            engine.recover("sk-test-key")
+
+        assert "The API key was rejected by the server; configure a valid key." == str(caught.value)
+        assert "sk-test-key" not in repr(caught.value)
+
+    def test_no_endpoint(self, file_store, clock, server):
+        """Catches the message of an engine with nothing to refresh with."""
+        engine = AuthEngine(file_store, None, POLICY, clock=clock)
+        engine.login(server.issue())
+
+        with pytest.raises(RefreshFailed) as caught:
+            engine.refresh()
+
+        assert ("no_endpoint", "No token endpoint is configured.") == (
+            caught.value.reason,
+            str(caught.value),
+        )
+
+    def test_reauth(self, file_store, endpoint, clock, server):
+        """Catches the messages of a dead credential and of no login losing their advice."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        server.revoke_family_of(creds)
+        with pytest.raises(ReauthRequired) as poisoned:
+            engine.refresh()
+        engine.logout()
+
+        with pytest.raises(ReauthRequired) as logged_out:
+            engine.access_token()
+
+        assert [
+            (
+                "invalid_grant",
+                "The credential was rejected for good (invalid_grant); log in again.",
+            ),
+            ("logged_out", "Not logged in; log in first."),
+        ] == [(e.value.reason, str(e.value)) for e in (poisoned, logged_out)]
+
+
+class TestStatusIdentity:
+    """status() names the issuer, and calls an identity verified only with an id_token."""
+
+    @pytest.mark.parametrize(
+        ("verified", "with_id_token", "shown"),
+        [(True, True, True), (True, False, False), (False, True, False)],
+        ids=["verified", "no-id-token", "unverified"],
+    )
+    def test_issuer_and_verification(
+        self, file_store, endpoint, clock, server, verified, with_id_token, shown
+    ):
+        """Catches the issuer or the verification flag lost from status(), or the flag shown
+        without an id_token to back it."""
+        creds = attrs.evolve(
+            server.issue(),
+            issuer="https://idp.example",
+            identity_verified=verified,
+        )
+        if not with_id_token:
+            creds = attrs.evolve(creds, id_token=None)
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        engine.login(creds)
+
+        status = engine.status()
+
+        assert ("https://idp.example", shown) == (status.issuer, status.identity_verified)
