@@ -606,6 +606,38 @@ class TestConnectionOptions:
         with pytest.raises((TypeError, ValueError)):
             RedisStore(**kwargs)
 
+    @pytest.mark.parametrize("store_type", [RedisStore, AsyncRedisStore])
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda cls: cls("redis://127.0.0.1:1/0", sokcet_timeout=1.0),
+            lambda cls: cls.from_sentinel(["127.0.0.1:1"], "svc", sokcet_timeout=1.0),
+            lambda cls: cls.from_sentinel(
+                ["127.0.0.1:1"], "svc", sentinel_options={"sokcet_timeout": 1.0}
+            ),
+        ],
+        ids=["url", "sentinel", "sentinel_options"],
+    )
+    def test_a_misspelt_connection_option_is_refused_when_the_store_is_made(
+        self, store_type, make
+    ):
+        """
+        redis-py takes unknown options silently until it connects: without this check the
+        TypeError surfaced at the engine's first store call, past its AuthError contract.
+        """
+        with pytest.raises(TypeError, match="sokcet_timeout"):
+            make(store_type)
+
+    @pytest.mark.parametrize("store_type", [RedisStore, AsyncRedisStore])
+    def test_known_connection_options_are_taken(self, store_type):
+        store_type("redis://127.0.0.1:1/0", socket_keepalive=True, client_name="fleet")
+        store_type.from_sentinel(
+            ["127.0.0.1:1"],
+            "svc",
+            socket_keepalive=True,
+            sentinel_options={"socket_keepalive": True},
+        )
+
 
 class TestNoSecrets:
     """No repr, location or error text carries a token or the URL's password."""

@@ -282,6 +282,7 @@ class TestAsyncCancellation:
 
 _INTERRUPTED_CHILD = textwrap.dedent(
     """
+    import signal
     import sys
     from authfsm import AuthEngine
     from authfsm.adapters import FileStore, OAuthTokenEndpoint
@@ -291,6 +292,9 @@ _INTERRUPTED_CHILD = textwrap.dedent(
             print("calling", flush=True)
             return super().refresh(credentials)
 
+    # Ctrl-C as in a terminal, even when started by a runner that ignores SIGINT (mutmut does,
+    # and an ignored SIGINT is inherited by the children it starts).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     store, url = sys.argv[1], sys.argv[2]
     engine = AuthEngine(FileStore(store), Announcing(url, "test-client", timeout=10.0))
     print("ready", flush=True)

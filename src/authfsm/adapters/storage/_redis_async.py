@@ -193,6 +193,7 @@ class AsyncRedisStore:
             sentinel_options=sentinel_options,
             timeout=timeout,
             asyncio=True,
+            name=cls.__name__,
         )
         store = cls.__new__(cls)
         store._set_up(connection, **settings)

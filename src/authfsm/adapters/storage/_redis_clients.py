@@ -96,6 +96,21 @@ def _client_options(timeout: float, options: Mapping[str, Any], retry: Any) -> d
     return merged
 
 
+def _check_options(name: str, client: Any) -> None:
+    """
+    Raise TypeError now for a connection option redis-py does not know.
+
+    redis-py makes connections when the first command needs one, so a misspelt option would
+    otherwise surface as a TypeError at the engine's first store call. Making a connection
+    object opens no socket.
+    """
+    pool = client.connection_pool
+    try:
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as error:
+        raise TypeError(f"{name}: a connection option redis-py does not take ({error})") from None
+
+
 def _timeout_of(options: Mapping[str, Any]) -> float | None:
     value = options.get("socket_timeout")
     return float(value) if isinstance(value, int | float) else None
@@ -127,6 +142,7 @@ def connect(
             made = module.Redis.from_pool(pool)
         else:
             made = module.Redis.from_url(url, **merged)
+        _check_options(name, made)
         return Connection(
             client=made,
             server=_describe_url(url),
@@ -169,6 +185,7 @@ def connect_sentinel(
     sentinel_options: Mapping[str, Any] | None,
     timeout: float,
     asyncio: bool,
+    name: str = "RedisStore",
 ) -> Connection:
     """A client of the current primary of ``service_name``, found (and followed) by Sentinel."""
     if not isinstance(service_name, str) or not service_name:
@@ -184,9 +201,13 @@ def connect_sentinel(
     }
     merged = _client_options(timeout, options, _no_retry(asyncio=asyncio))
     manager = module.Sentinel(addresses, sentinel_kwargs=sentinel_kwargs)
+    client = manager.master_for(service_name, **merged)
+    _check_options(name, client)
+    for sentinel in manager.sentinels:
+        _check_options(f"{name} (sentinel_options)", sentinel)
     scheme = "rediss+sentinel" if merged.get("ssl") else "redis+sentinel"
     return Connection(
-        client=manager.master_for(service_name, **merged),
+        client=client,
         server=_describe_nodes(scheme, [f"{host}:{port}" for host, port in addresses])
         + f"/{service_name}",
         owned=True,

@@ -195,6 +195,7 @@ class RedisStore:
             sentinel_options=sentinel_options,
             timeout=timeout,
             asyncio=False,
+            name=cls.__name__,
         )
         store = cls.__new__(cls)
         store._set_up(connection, **settings)
