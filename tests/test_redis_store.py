@@ -618,9 +618,7 @@ class TestConnectionOptions:
         ],
         ids=["url", "sentinel", "sentinel_options"],
     )
-    def test_a_misspelt_connection_option_is_refused_when_the_store_is_made(
-        self, store_type, make
-    ):
+    def test_a_misspelt_connection_option_is_refused_when_the_store_is_made(self, store_type, make):
         """
         redis-py takes unknown options silently until it connects: without this check the
         TypeError surfaced at the engine's first store call, past its AuthError contract.
