@@ -21,8 +21,16 @@ from datetime import UTC, datetime
 
 from _storm_fleet import Memory
 
-GOAL_MS = 50.0
+# Issue 11's goal: at N=32 processes, p99 within 10 ms of the IdP's own latency on a quiet
+# machine, and within 50 ms beside busy neighbours (--busy 2).
 GOAL_N = 32
+GOAL_QUIET_MS = 10.0
+GOAL_BUSY_MS = 50.0
+
+
+def goal_ms(busy: int) -> float:
+    """The p99 lag the goal allows at N=32 with ``busy`` CPU-bound neighbours."""
+    return GOAL_BUSY_MS if busy else GOAL_QUIET_MS
 
 
 @dataclass
@@ -129,7 +137,8 @@ def growth(rows: list[Row], floor: float) -> str:
     return "\n".join(lines)
 
 
-def verdict(rows: list[Row], floor: float) -> list[str]:
+def verdict(rows: list[Row], floor: float, busy: int = 0) -> list[str]:
+    goal_lag = goal_ms(busy)
     out = []
     for row in rows:
         if row.client != "authfsm":
@@ -143,10 +152,10 @@ def verdict(rows: list[Row], floor: float) -> list[str]:
         )
         if row.engines or row.procs >= GOAL_N:
             over = (row.p(0.99) - floor) * 1000
-            goal = "" if row.engines or row.procs != GOAL_N else f" (goal {GOAL_MS:g} ms)"
+            goal = "" if row.engines or row.procs != GOAL_N else f" (goal {goal_lag:g} ms)"
             line += (
                 f"; p99 {ms(row.p(0.99))} ms = IdP latency {over:+.0f} ms{goal}: "
-                f"**{'within' if over <= GOAL_MS else 'NOT within'} {GOAL_MS:g} ms** (first "
+                f"**{'within' if over <= goal_lag else 'NOT within'} {goal_lag:g} ms** (first "
                 f"token at IdP latency {lag(median(row.first), floor)} ms, then "
                 f"{median(row.hop) * 1000:.2f} ms per caller)".replace("nan ms", "— ms")
             )
@@ -204,7 +213,7 @@ def report(
         ]
     if task_rows:
         out += ["", "## asyncio", "", table(task_rows, rounds, floor)]
-    out += ["", *verdict(process_rows + task_rows, floor), ""]
+    out += ["", *verdict(process_rows + task_rows, floor, args.busy), ""]
     failed = [row for row in process_rows + task_rows if row.client == "authfsm" and row.unusable]
     if failed:
         out.append("authfsm callers without a usable token, over every round:")

@@ -6,9 +6,11 @@ A worker is started once and serves rounds over stdin/stdout, one JSON line each
 1. ``{"op": "prepare", ...}``: make the round's store, endpoint and engine(s) (a sync
    ``AuthEngine`` reads the store here, an ``AsyncAuthEngine`` is opened here), then answer
    ``{"ready": ...}``;
-2. ``{"op": "go", "start_at": t}``: sleep until the wall-clock instant ``t``, which every worker
-   on this machine shares, then get a token (one call, or one per asyncio task) and answer with
-   each caller's token and seconds from ``t`` until it held it; then collect the garbage;
+2. ``{"op": "go", "start_at": t, "report_at": r}``: sleep until the wall-clock instant ``t``,
+   which every worker on this machine shares, then get a token (one call, or one per asyncio
+   task); keep quiet until ``r`` (so that no reply and no garbage collection takes a core from
+   a follower still waiting), then answer with each caller's token and seconds from ``t`` until
+   it held it, and collect the garbage;
 3. ``{"op": "ping"}`` at any time: answered once what came before it is done.
 
 Workers keep, across rounds, what a service keeps: the Redis connections, the HTTP clients, and
@@ -281,6 +283,7 @@ def serve(*, freeze: bool) -> None:
         else:
             results = pending.go(start_at)
         pending = None
+        time.sleep(max(command.get("report_at", 0.0) - time.time(), 0.0))
         _answer({"results": results, "early": early})
         # The round's engines are garbage now (250 per process with one engine per task):
         # collect them between rounds (before the next "prepare" is answered, outside the CPU

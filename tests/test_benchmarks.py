@@ -42,13 +42,21 @@ class TestStorm:
         done = run_storm("--help")
 
         assert (0, "") == (done.returncode, done.stderr)
-        for option in ("--sizes", "--tasks", "--task-procs", "--task-engines", "--busy", "--quick"):
+        for option in (
+            "--sizes",
+            "--tasks",
+            "--task-procs",
+            "--task-engines",
+            "--busy",
+            "--quick",
+            "--quiet-window",
+        ):
             assert option in done.stdout
 
     def test_a_small_storm_of_processes_and_tasks(self):
         done = run_storm(
             "--sizes", "2", "--rounds", "1", "--naive-up-to", "2",
-            "--tasks", "3", "--task-procs", "2", "--busy", "1",
+            "--tasks", "3", "--task-procs", "2", "--busy", "1", "--quiet-window", "0",
         )  # fmt: skip
 
         assert 0 == done.returncode, done.stderr

@@ -418,7 +418,7 @@ class TestAsyncEngine:
     def test_refresh_adoption_and_gauge(self, file_store, endpoint, clock, server, metrics, reader):
         """One call by A, adopted by B; the store kind names the file store, not its wrapper."""
 
-        async def scenario() -> None:
+        async def scenario() -> tuple[AsyncAuthEngine, AsyncAuthEngine]:
             a = await AsyncAuthEngine.open(file_store, endpoint, clock=clock, metrics=metrics)
             await a.login(server.issue())
             b = await AsyncAuthEngine.open(
@@ -427,14 +427,18 @@ class TestAsyncEngine:
             clock.advance(3600)
             await a.access_token()
             await b.access_token()
+            return a, b
 
-        asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+        # The gauge reads the engines it watches (weakly): keep them alive until it is read,
+        # or a garbage collection in between leaves it nothing to report.
+        engines = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
 
         assert 1 == total(reader, "authfsm.refresh.calls", **{"authfsm.outcome": "success"})
         assert 1 == total(reader, "authfsm.refresh.adopted")
         assert 3600 == total(reader, "authfsm.credential.expires_in")
         kinds = {a["authfsm.store.kind"] for _, a, _ in points(reader)}
         assert {"file"} == kinds
+        assert 2 == len(engines)
 
 
 class TestDocs:
