@@ -10,6 +10,7 @@ backoff jitter is fixed, so every backoff below is exact.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 
@@ -22,6 +23,7 @@ from authfsm import (
     ReauthRequired,
     RefreshFailed,
     State,
+    StorageUnavailable,
 )
 from authfsm.adapters import FileStore, MemoryStore
 from authfsm.engine import Backoff, PermanentFailure, Poison, Record, RefreshOutcome
@@ -34,6 +36,7 @@ from .test_engine_teeth import (
     FaultyStore,
     _OtherIdentity,
     at,
+    due_now,
     engine_on,
     stored_record,
 )
@@ -937,3 +940,239 @@ class TestStatusIdentity:
         status = engine.status()
 
         assert ("https://idp.example", shown) == (status.issuer, status.identity_verified)
+
+
+# -- third run (docs/mutation-testing.md): survivors of the current _flows.py -----------------
+
+
+class TestBackoffBoundaries:
+    """The backoff ends at ``retry_at`` exactly, and a refusal without a failure says why."""
+
+    @pytest.mark.parametrize("call", ["access_token", "refresh"])
+    def test_at_the_retry_time_the_token_is_refreshed(
+        self, file_store, endpoint, clock, server, call
+    ):
+        """Catches the backoff lasting up to and including ``retry_at`` (``<=`` for ``<``)."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        server.fail_next(503)
+        with pytest.raises(RefreshFailed) as failed:
+            engine.refresh()
+        assert failed.value.retry_at is not None
+        clock.set(failed.value.retry_at)
+
+        token = getattr(engine, call)()
+
+        assert token != creds.access_token
+        assert (2, State.FRESH) == (server.token_calls, engine.state)
+
+    @pytest.mark.parametrize(
+        ("age", "stale"),
+        [(0, False), (DUE, False), (4000, False), (0, True)],
+        ids=["fresh", "due", "expired", "stale"],
+    )
+    def test_a_forced_refresh_within_a_siblings_backoff_says_backing_off(
+        self, file_store, endpoint, clock, server, age, stale
+    ):
+        """
+        A forced refresh() that finds a sibling's backoff in the store raises, every time,
+        with no call: it never returns the same token as if it had refreshed (it did so for a
+        due credential, the first time). Catches the default reason being lost too: the engine
+        took the sibling's backoff from the store and has no failure of its own.
+        """
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        creds = due_now(server, clock) if stale else server.issue()
+        engine.login(creds)  # a due credential is STALE from the start
+        clock.advance(age)
+        marker = Backoff(fingerprint=creds.fingerprint, not_before=clock() + 30, failures=1)
+        record = stored_record(file_store)
+        file_store.write(attrs.evolve(record, backoff=marker), record.revision)
+
+        refusals = []
+        for _ in range(2):
+            with pytest.raises(RefreshFailed) as refused:
+                engine.refresh()
+            refusals.append((refused.value.reason, refused.value.retry_at))
+
+        assert [("backing_off", clock() + 30)] * 2 == refusals
+        assert (0, None) == (server.token_calls, engine.status().failure)
+
+
+class _EverChanging(CountingStore):
+    """A store in which a sibling logs in again, already due, before every read."""
+
+    def __init__(self, inner: MemoryStore, server, clock) -> None:
+        super().__init__(inner)
+        self.server = server
+        self.clock = clock
+        self.changing = False
+
+    def read(self) -> Record | None:
+        if self.changing:
+            record = super().read()
+            due = attrs.evolve(self.server.issue(), expires_at=at(self.clock()))
+            super().write(Record(credential=due), record.revision if record else None)
+        return super().read()
+
+
+class TestEverChangingStore:
+    def test_the_engine_stops_looking_and_serves_what_it_adopted(self, endpoint, clock, server):
+        """Catches the end of the bounded passes raising ReauthRequired while a credential is
+        held: a store that changes on every look must neither spin nor log the caller out."""
+        store = _EverChanging(MemoryStore(), server, clock)
+        engine, _ = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.changing = True
+
+        token = engine.access_token()
+
+        assert token == engine.credentials.access_token
+        assert 0 == server.token_calls
+        assert store.reads <= 20
+
+
+class TestTakingANewCredential:
+    def test_an_adopted_credential_clears_the_failure_of_the_old_one(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches a transient failure of the old credential sticking to the adopted one."""
+        engine, _ = engine_on(file_store, endpoint, clock, server)
+        server.fail_next(503)
+        with pytest.raises(RefreshFailed):
+            engine.refresh()
+        assert "http_503" == engine.status().failure
+        sibling = AuthEngine(FileStore(file_store.path), endpoint, POLICY, clock=clock)
+        relogin = server.issue()
+        sibling.login(relogin)
+
+        status = engine.status()  # reads the store: adopts the sibling's login
+
+        assert (State.RELOADED, None, None) == (status.state, status.failure, status.retry_at)
+        assert relogin.access_token == engine.access_token()
+
+    def test_a_poison_marker_without_a_reason_says_poisoned(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches the default reason of a dead credential being lost when the marker gives
+        none (an empty reason written by another program)."""
+        engine, creds = engine_on(file_store, endpoint, clock, server)
+        record = stored_record(file_store)
+        marker = Poison(fingerprint=creds.fingerprint, reason="", at=clock())
+        file_store.write(attrs.evolve(record, poison=marker), record.revision)
+        clock.advance(DUE)
+
+        with pytest.raises(ReauthRequired) as caught:
+            engine.access_token()
+
+        assert "poisoned" == caught.value.reason
+        assert 0 == server.token_calls
+
+
+class _LandsThenFails(FaultyStore):
+    """A store whose writes land but whose answer is lost (a timeout after the write)."""
+
+    def write(self, record: Record, expected_revision: int | None) -> Record:
+        if not self.writes_fail:
+            return super().write(record, expected_revision)
+        self.writes += 1
+        self.inner.write(record, expected_revision)
+        raise StorageUnavailable("store down", reason="storage_unavailable")
+
+
+class TestUnsavedThatLanded:
+    def test_a_read_that_finds_the_write_clears_the_unsaved_state(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches the engine's own credential in the store being taken for the older copy: it
+        stayed "unsaved" and was written once more for nothing."""
+        store = _LandsThenFails(file_store)
+        engine, _ = engine_on(store, endpoint, clock, server)
+        clock.advance(DUE)
+        store.writes_fail = True
+        token = engine.access_token()
+        assert engine.status().unsaved is False
+        store.writes_fail = False
+        writes = store.writes
+        clock.advance(60)
+
+        assert token == engine.access_token()
+        status = engine.status()
+
+        assert (False, None) == (status.unsaved, status.failure)
+        assert writes == store.writes
+        assert token == stored_record(file_store).credential.access_token
+
+    def test_a_lost_record_written_back_by_a_sibling_is_taken_as_saved(
+        self, endpoint, clock, server
+    ):
+        """Catches the engine's own credential, written back by a sibling after the store lost
+        it, being taken for the older copy: it stayed "unsaved" and wrote it once more."""
+        store = CountingStore(MemoryStore())
+        a, creds = engine_on(store, endpoint, clock, server)
+        b = AuthEngine(store, endpoint, POLICY, clock=clock)
+        store.inner._record = None  # a Redis restart without persistence
+        a.reload()  # both notice (a reload writes nothing)
+        b.reload()
+        assert creds.access_token == a.access_token()  # A writes it back
+        revision = stored_record(store).revision
+        writes = store.writes
+
+        status = b.status()
+
+        assert (False, None) == (status.unsaved, status.failure)
+        assert creds.access_token == b.access_token()
+        assert (revision, writes) == (stored_record(store).revision, store.writes)  # B: none
+        assert 0 == server.token_calls
+
+    def test_a_siblings_logout_while_unsaved_logs_out(self, file_store, endpoint, clock, server):
+        """Catches the unsaved engine reading a tombstone as its own older copy (or failing on
+        it): a logout by a sibling logs it out."""
+        store, engine, _, _ = _unsaved_refresh(file_store, endpoint, clock, server)
+        AuthEngine(FileStore(file_store.path), endpoint, POLICY, clock=clock).logout()
+
+        status = engine.status()  # reads the store: the tombstone
+
+        assert (State.LOGGED_OUT, False) == (status.state, status.unsaved)
+        with pytest.raises(ReauthRequired) as caught:
+            engine.access_token()
+        assert "logged_out" == caught.value.reason
+
+
+class _SlowReads(FileStore):
+    """A file store whose reads wait until the test lets them go."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.slow = False
+        self.reading = threading.Event()
+        self.go_on = threading.Event()
+
+    def read(self) -> Record | None:
+        if self.slow:
+            self.reading.set()
+            assert self.go_on.wait(5)
+        return super().read()
+
+
+class TestHotPath:
+    def test_a_fresh_token_does_not_wait_for_a_slow_store_read(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches the hot path never opening: access_token() of a fresh credential then
+        queues on the engine's lock behind another thread's store read (status())."""
+        store = _SlowReads(file_store.path)
+        engine, creds = engine_on(store, endpoint, clock, server)
+        store.slow = True
+        reader = threading.Thread(target=engine.status, daemon=True)
+        reader.start()
+        assert store.reading.wait(5)
+        served: list[str] = []
+        caller = threading.Thread(target=lambda: served.append(engine.access_token()), daemon=True)
+
+        caller.start()
+        caller.join(2)
+        in_time = list(served)  # before the slow read is let go (the lock is free after it)
+        store.go_on.set()
+        reader.join(5)
+        caller.join(5)
+
+        assert [creds.access_token] == in_time

@@ -6,6 +6,8 @@ import asyncio
 import re
 import subprocess
 import sys
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -116,10 +118,11 @@ class TestRefreshMetrics:
         count, seconds = histogram(reader, "authfsm.refresh.duration")
         assert 1 == count
         assert 0 < seconds < 5
-        waits, _ = histogram(
+        waits, waited = histogram(
             reader, "authfsm.lease.wait.duration", **{"authfsm.outcome": "acquired"}
         )
         assert 1 == waits
+        assert 0 <= waited < 5
         attributes = next(a for m, a, _ in points(reader) if m == "authfsm.refresh.calls")
         assert {
             "authfsm.credential.name": "api",
@@ -127,6 +130,37 @@ class TestRefreshMetrics:
             "server.address": "127.0.0.1",
             "authfsm.outcome": "success",
         } == attributes
+
+    def test_a_follower_records_how_long_it_waited_for_the_leader(
+        self, file_store, endpoint, clock, server, metrics, reader
+    ):
+        """A sibling holds the lease 0.3 s and writes a new credential: the follower adopts it
+        and records a wait of that length, in seconds (not rounded to whole ones)."""
+        engine = AuthEngine(file_store, endpoint, clock=clock, metrics=metrics)
+        engine.login(server.issue())
+        clock.advance(3600)
+        leader = FileStore(file_store.path)
+        holding = threading.Event()
+
+        def lead() -> None:
+            with leader.lease(timeout=1.0):
+                holding.set()
+                time.sleep(0.3)
+                record = leader.read()
+                assert record is not None
+                leader.write(Record(credential=server.issue()), record.revision)
+
+        thread = threading.Thread(target=lead, daemon=True)
+        thread.start()
+        assert holding.wait(5)
+        engine.access_token()
+        thread.join(5)
+
+        count, waited = histogram(
+            reader, "authfsm.lease.wait.duration", **{"authfsm.outcome": "adopted"}
+        )
+        assert (1, State.RELOADED, 0) == (count, engine.state, server.token_calls)
+        assert 0.25 <= waited < 5
 
     def test_a_sibling_adopting_the_write_counts_a_refresh_avoided(
         self, file_store, endpoint, clock, server, metrics, reader

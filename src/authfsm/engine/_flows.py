@@ -234,7 +234,11 @@ class EngineCore:
                 if force or self.state not in _HOLDING:
                     raise
                 return cred.access_token
-            force = False
+            if self.cred is not cred:
+                # Refreshed, or a sibling's write adopted: that is the refresh a forced call
+                # asked for. Anything else (a sibling's backoff taken from the store) is not:
+                # the next pass says so instead of returning the same token.
+                force = False
         if self.state in _HOLDING and self.cred is not None:
             return self.cred.access_token
         raise self._reauth_error()
