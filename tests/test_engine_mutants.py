@@ -1126,7 +1126,7 @@ class TestUnsavedThatLanded:
     def test_a_siblings_logout_while_unsaved_logs_out(self, file_store, endpoint, clock, server):
         """Catches the unsaved engine reading a tombstone as its own older copy (or failing on
         it): a logout by a sibling logs it out."""
-        store, engine, _, _ = _unsaved_refresh(file_store, endpoint, clock, server)
+        _, engine, _, _ = _unsaved_refresh(file_store, endpoint, clock, server)
         AuthEngine(FileStore(file_store.path), endpoint, POLICY, clock=clock).logout()
 
         status = engine.status()  # reads the store: the tombstone
