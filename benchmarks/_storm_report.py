@@ -48,6 +48,8 @@ class Row:
     usable: list[int] = field(default_factory=list)
     times: list[float] = field(default_factory=list)  # per usable caller, seconds
     first: list[float] = field(default_factory=list)  # per round: the first usable token
+    sent: list[float] = field(default_factory=list)  # per round: the first call's request sent
+    answered: list[float] = field(default_factory=list)  # ... and its answer received
     last: list[float] = field(default_factory=list)  # per round where every caller is usable
     hop: list[float] = field(default_factory=list)  # per round: (last - first) / (callers - 1)
     cpu: list[float] = field(default_factory=list)  # per round: the workers' CPU seconds
@@ -157,7 +159,9 @@ def verdict(rows: list[Row], floor: float, busy: int = 0) -> list[str]:
                 f"; p99 {ms(row.p(0.99))} ms = IdP latency {over:+.0f} ms{goal}: "
                 f"**{'within' if over <= goal_lag else 'NOT within'} {goal_lag:g} ms** (first "
                 f"token at IdP latency {lag(median(row.first), floor)} ms, then "
-                f"{median(row.hop) * 1000:.2f} ms per caller)".replace("nan ms", "— ms")
+                f"{median(row.hop) * 1000:.2f} ms per caller; the leader's call sent at "
+                f"{median(row.sent) * 1000:.1f} ms, answered at IdP latency "
+                f"{lag(median(row.answered), floor)} ms)".replace("nan ms", "— ms")
             )
         out.append(line)
     return out

@@ -10,11 +10,12 @@ A worker is started once and serves rounds over stdin/stdout, one JSON line each
    which every worker on this machine shares, then get a token (one call, or one per asyncio
    task); keep quiet until ``r`` (so that no reply and no garbage collection takes a core from
    a follower still waiting), then answer with each caller's token and seconds from ``t`` until
-   it held it, and collect the garbage;
+   it held it (and when its refresh calls were sent and answered), and collect the garbage;
 3. ``{"op": "ping"}`` at any time: answered once what came before it is done.
 
-Workers keep, across rounds, what a service keeps: the Redis connections, the HTTP clients, and
-(for asyncio) one event loop. Run ``python benchmarks/_storm_workers.py --busy`` for a CPU-bound
+Workers keep, across rounds, what a service keeps: the store objects (with a Redis store's
+release subscription), the Redis connections, the HTTP clients, and (for asyncio) one event loop.
+Run ``python benchmarks/_storm_workers.py --busy`` for a CPU-bound
 neighbour: a pure-Python loop until it is stopped.
 
 A worker times its own callers and nothing else; the coordinator (``storm.py``) checks the
@@ -56,6 +57,10 @@ _REDIS: dict[str, Any] = {}
 _ASYNC_REDIS: dict[str, Any] = {}
 _ENDPOINTS: dict[str, OAuthTokenEndpoint] = {}
 _ASYNC_ENDPOINTS: dict[str, OAuthTokenEndpoint] = {}
+# Per store spec, the store object (a service keeps one): a file store's release watch, a Redis
+# store's release subscription.
+_STORES: dict[str, FileStore | RedisStore] = {}
+_ASYNC_STORES: dict[str, FileStore | AsyncRedisStore] = {}
 _RUNNER: asyncio.Runner | None = None
 
 #: What one caller got: its token (None after an error), seconds from the start instant until
@@ -94,25 +99,62 @@ def _redis_client(url: str, *, for_asyncio: bool) -> Any:
 
 
 def open_store(spec: dict[str, Any]) -> FileStore | RedisStore:
-    """The blocking store a command names (the coordinator writes the stale credential with it)."""
-    if spec["kind"] == "file":
-        return FileStore(spec["path"], codec=_codec(spec))
-    client = _redis_client(spec["url"], for_asyncio=False)
-    return RedisStore(client=client, key=spec["key"], codec=_codec(spec))
+    """
+    The blocking store a command names (the coordinator writes the stale credential with it),
+    kept across rounds like a service keeps its store.
+    """
+    key = json.dumps(spec, sort_keys=True)
+    store = _STORES.get(key)
+    if store is None:
+        if spec["kind"] == "file":
+            store = FileStore(spec["path"], codec=_codec(spec))
+        else:
+            client = _redis_client(spec["url"], for_asyncio=False)
+            store = RedisStore(client=client, key=spec["key"], codec=_codec(spec))
+        _STORES[key] = store
+    return store
 
 
 def open_async_store(spec: dict[str, Any]) -> FileStore | AsyncRedisStore:
     """For ``AsyncAuthEngine``: a FileStore (the engine wraps it) or an ``AsyncRedisStore``."""
-    if spec["kind"] == "file":
-        return FileStore(spec["path"], codec=_codec(spec))
-    client = _redis_client(spec["url"], for_asyncio=True)
-    return AsyncRedisStore(client=client, key=spec["key"], codec=_codec(spec))
+    key = json.dumps(spec, sort_keys=True)
+    store = _ASYNC_STORES.get(key)
+    if store is None:
+        if spec["kind"] == "file":
+            store = FileStore(spec["path"], codec=_codec(spec))
+        else:
+            client = _redis_client(spec["url"], for_asyncio=True)
+            store = AsyncRedisStore(client=client, key=spec["key"], codec=_codec(spec))
+        _ASYNC_STORES[key] = store
+    return store
+
+
+#: The refresh calls this worker made in the current round: (sent, answered), wall-clock.
+CALLS: list[tuple[float, float]] = []
+
+
+class TimedEndpoint(OAuthTokenEndpoint):
+    """The endpoint, noting when each refresh call was sent and answered (for the report)."""
+
+    def refresh(self, credentials: Any) -> Any:
+        sent = time.time()
+        try:
+            return super().refresh(credentials)
+        finally:
+            CALLS.append((sent, time.time()))
+
+    async def refresh_async(self, credentials: Any) -> Any:
+        sent = time.time()
+        try:
+            return await super().refresh_async(credentials)
+        finally:
+            CALLS.append((sent, time.time()))
 
 
 def _endpoint(token_url: str) -> OAuthTokenEndpoint:
     endpoint = _ENDPOINTS.get(token_url)
     if endpoint is None:
-        endpoint = OAuthTokenEndpoint(token_url, "test-client", timeout=HTTP_TIMEOUT)
+        endpoint = TimedEndpoint(token_url, "test-client", timeout=HTTP_TIMEOUT)
         _ENDPOINTS[token_url] = endpoint
     return endpoint
 
@@ -123,7 +165,7 @@ def _async_endpoint(token_url: str) -> OAuthTokenEndpoint:
     if endpoint is None:
         import httpx
 
-        endpoint = OAuthTokenEndpoint(
+        endpoint = TimedEndpoint(
             token_url,
             "test-client",
             timeout=HTTP_TIMEOUT,
@@ -278,13 +320,15 @@ def serve(*, freeze: bool) -> None:
         assert pending is not None, "go before prepare"
         start_at = command["start_at"]
         early = start_at - time.time()  # negative: this worker was late for the start
+        CALLS.clear()
         if isinstance(pending, AsyncRound):
             results = _runner().run(pending.go(start_at))
         else:
             results = pending.go(start_at)
         pending = None
         time.sleep(max(command.get("report_at", 0.0) - time.time(), 0.0))
-        _answer({"results": results, "early": early})
+        calls = [(sent - start_at, answered - start_at) for sent, answered in CALLS]
+        _answer({"results": results, "early": early, "calls": calls})
         # The round's engines are garbage now (250 per process with one engine per task):
         # collect them between rounds (before the next "prepare" is answered, outside the CPU
         # time a round is charged), so no round pays for the garbage of the one before.

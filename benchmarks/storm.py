@@ -124,11 +124,14 @@ class Storm:
         """A new token family stored due, every worker of the row prepared, then the storm."""
         self.serial += 1
         kind, _, sealed = row.store.partition("+")
+        # One file or key per kind of store, as a service has: the workers keep their store
+        # objects across rounds (and with them a Redis store's release subscription).
+        name = row.store.replace("+", "-")
         if kind == "file":
-            path = self.folder / f"auth-{self.serial}.json"
+            path = self.folder / f"auth-{name}.json"
             spec: dict[str, Any] = {"kind": "file", "path": str(path)}
         else:
-            spec = {"kind": "redis", "url": self.url, "key": f"storm-{self.serial}"}
+            spec = {"kind": "redis", "url": self.url, "key": f"storm-{name}-{os.getpid()}"}
         spec["encrypted"] = bool(sealed)
         now = time.time()
         stale = attrs.evolve(
@@ -136,7 +139,9 @@ class Storm:
             last_refresh=datetime.fromtimestamp(now - AGE, UTC),
             expires_at=datetime.fromtimestamp(now + STILL_VALID, UTC),
         )
-        open_store(spec).write(Record(credential=stale), None)
+        store = open_store(spec)
+        current = store.read()
+        store.write(Record(credential=stale), current.revision if current else None)
         self.idp.reset_counters()
         command = {
             "mode": "async" if row.engines else "sync",
@@ -160,6 +165,10 @@ class Storm:
         """The round's figures into ``row``; every distinct token is checked with the IdP."""
         valid: dict[str, bool] = {}
         ok_times: list[float] = []
+        calls = sorted(call for reply in replies for call in reply.get("calls", []))
+        if calls:  # the leader's call (the naive rows: the first one sent)
+            row.sent.append(calls[0][0])
+            row.answered.append(calls[0][1])
         for reply in replies:
             if reply["early"] < 0:
                 row.late += len(reply["results"])

@@ -15,7 +15,9 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -160,6 +162,17 @@ class Credentials:
     def fingerprint(self) -> str:
         """A stable, non-reversible name for this credential (see :func:`fingerprint`)."""
         return fingerprint(self)
+
+    @functools.cached_property
+    def _id_token_claims(self) -> Mapping[str, Any]:
+        # Decoded once per credential: an engine judges the identity of the same few
+        # credentials at every store read.
+        return MappingProxyType(decode_jwt_claims(self.id_token) or {})
+
+
+def id_token_claims(credentials: Credentials) -> Mapping[str, Any]:
+    """The claims of the credential's id_token, decoded without verification (empty if none)."""
+    return credentials._id_token_claims
 
 
 def fingerprint(credentials: Credentials) -> str:

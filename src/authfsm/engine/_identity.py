@@ -8,11 +8,12 @@ a credential is adopted only when nothing known about the two identities disagre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from ._credentials import Credentials, decode_jwt_claims
+from ._credentials import Credentials, id_token_claims
 
 __all__ = ["Identity", "IdentityClaims", "identity_of", "is_compatible"]
 
@@ -58,11 +59,11 @@ class Identity:
         return self.account_id is not None or self.user_id is not None
 
 
-def _lookup(claims: dict[str, Any], paths: tuple[ClaimPath, ...]) -> str | None:
+def _lookup(claims: Mapping[str, Any], paths: tuple[ClaimPath, ...]) -> str | None:
     for path in paths:
         node: Any = claims
         for key in path:
-            if not isinstance(node, dict) or key not in node:
+            if not isinstance(node, Mapping) or key not in node:
                 node = None
                 break
             node = node[key]
@@ -75,7 +76,7 @@ def identity_of(credentials: Credentials | None, claims: IdentityClaims) -> Iden
     """The identity of a credential: the ``account_id`` field first, then id_token claims."""
     if credentials is None:
         return Identity()
-    decoded = decode_jwt_claims(credentials.id_token) or {}
+    decoded = id_token_claims(credentials)
     account = credentials.account_id or _lookup(decoded, claims.account_id)
     return Identity(account_id=account, user_id=_lookup(decoded, claims.user_id))
 

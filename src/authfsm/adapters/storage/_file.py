@@ -93,6 +93,10 @@ class LockFileLease:
         if not self._holder.acquire(timeout=timeout if timeout >= 0 else -1):
             raise self._timeout(timeout)
         try:
+            if timeout == 0 and self._watch.held_exclusively():
+                # One look (a non-blocking shared lock) answers a try that cannot wait: the
+                # followers of a refresh all try once, at the same instant, before they sleep.
+                raise self._timeout(timeout)
             left = max(deadline - time.monotonic(), 0.0) if timeout >= 0 else timeout
             with self._locked(left, timeout):
                 yield
