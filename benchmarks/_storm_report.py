@@ -258,6 +258,15 @@ WHY = """\
   **first token** is the leader's delivery: the IdP's latency plus what the waiting followers
   cost it in CPU; "per caller" in the lines above is the mean gap between consecutive callers
   getting their token after that (median of rounds). Every caller shares this machine's cores.
+- **the leader's call** (in the verdict lines): when the first refresh call of the round was sent
+  (from the start instant) and when its answer came back (over the floor), medians of rounds.
+  The IdP, Redis and the workers share this machine's cores: an answer later than the floor
+  is the IdP starved by the followers' start (each one reads the store and tries the lease once
+  before it sleeps), which a remote IdP would not be; a late send is the leader's own store
+  operations queued behind the followers' (Redis).
+- Workers answer only after a quiet window (`--quiet-window`, 1 s from the start), so no reply
+  and no garbage collection takes a core from a follower still waiting; they keep their store
+  objects across rounds, one file or key per kind of store, as a service does.
 - **asyncio**: with one engine per process, its tasks queue on the engine's lock and one of them
   runs the flow (so each process is one follower of the store); with one engine per task, every
   task is a follower of its own.

@@ -626,6 +626,13 @@ class TestConnectionOptions:
         with pytest.raises(TypeError, match="sokcet_timeout"):
             make(store_type)
 
+    def test_an_unreachable_cluster_is_a_typed_error_when_made(self):
+        """The blocking Cluster client reads the slot map when made: a cluster that cannot be
+        reached is StorageUnavailable (naming the nodes), not redis-py's own exception."""
+        port = free_port()
+        with pytest.raises(StorageUnavailable, match=f"127.0.0.1:{port}"):
+            RedisStore.from_cluster([f"127.0.0.1:{port}"], timeout=0.5)
+
     @pytest.mark.parametrize("store_type", [RedisStore, AsyncRedisStore])
     def test_known_connection_options_are_taken(self, store_type):
         store_type("redis://127.0.0.1:1/0", socket_keepalive=True, client_name="fleet")

@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
+from ...engine import StorageUnavailable
+
 __all__ = [
     "Connection",
     "connect",
@@ -229,13 +231,22 @@ def connect_cluster(
     # One retry inside redis-py: after a failover it refreshes the slot map and goes to the
     # new owner of the slot (a redirect, MOVED, is followed regardless).
     merged = _client_options(timeout, options, _no_retry(asyncio=asyncio, retries=1))
-    client = module.RedisCluster(
-        startup_nodes=[module.ClusterNode(host, port) for host, port in addresses], **merged
-    )
     scheme = "rediss+cluster" if merged.get("ssl") else "redis+cluster"
+    server = _describe_nodes(scheme, [f"{host}:{port}" for host, port in addresses])
+    errors = import_redis("redis.exceptions")
+    try:
+        # The blocking client asks the nodes for the slot map now (the asyncio one at its
+        # first command, where the store translates what fails).
+        client = module.RedisCluster(
+            startup_nodes=[module.ClusterNode(host, port) for host, port in addresses], **merged
+        )
+    except (errors.RedisError, errors.RedisClusterException) as error:
+        raise StorageUnavailable(
+            f"Cannot reach the Redis Cluster {server}: {type(error).__name__}."
+        ) from None
     return Connection(
         client=client,
-        server=_describe_nodes(scheme, [f"{host}:{port}" for host, port in addresses]),
+        server=server,
         owned=True,
         cluster=True,
         socket_timeout=_timeout_of(merged),
