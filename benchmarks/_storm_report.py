@@ -39,7 +39,7 @@ class Row:
 
     store: str  # "file", "redis", "file+enc", ...
     procs: int
-    client: str  # "authfsm" or "naive"
+    client: str  # "authfsm", "naive" or "bare"
     tasks: int = 1  # asyncio tasks per process
     engines: str = ""  # asyncio: "shared" (one per process) or "per-task"; "" for processes
     calls: list[int] = field(default_factory=list)
@@ -119,9 +119,9 @@ def table(rows: list[Row], rounds: int, floor: float) -> str:
 
 
 def growth(rows: list[Row], floor: float) -> str:
-    """How the authfsm rows' p99 lag grows with N (first-token lag in parentheses)."""
+    """How the p99 lag grows with N (first-token lag in parentheses): authfsm, bare client."""
     sizes = sorted({row.procs for row in rows})
-    stores = list(dict.fromkeys(row.store for row in rows))
+    stores = list(dict.fromkeys(_line(row) for row in rows))
     lines = [
         "| store | " + " | ".join(f"N={n}" for n in sizes) + " |",
         "|---|" + "---:|" * len(sizes),
@@ -129,7 +129,7 @@ def growth(rows: list[Row], floor: float) -> str:
     for store in stores:
         cells = []
         for n in sizes:
-            found = [r for r in rows if r.store == store and r.procs == n]
+            found = [r for r in rows if _line(r) == store and r.procs == n]
             cells.append(
                 f"{lag(found[0].p(0.99), floor)} ({lag(median(found[0].first), floor)})"
                 if found
@@ -137,6 +137,10 @@ def growth(rows: list[Row], floor: float) -> str:
             )
         lines.append(f"| {store} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _line(row: Row) -> str:
+    return row.store if row.client == "authfsm" else f"{row.store} ({row.client} client)"
 
 
 def verdict(rows: list[Row], floor: float, busy: int = 0) -> list[str]:
@@ -163,6 +167,17 @@ def verdict(rows: list[Row], floor: float, busy: int = 0) -> list[str]:
                 f"{median(row.sent) * 1000:.1f} ms, answered at IdP latency "
                 f"{lag(median(row.answered), floor)} ms)".replace("nan ms", "— ms")
             )
+            bare = [
+                r
+                for r in rows
+                if r.client == "bare" and r.store == row.store and r.procs == row.procs
+            ]
+            if bare and not row.engines and bare[0].times:
+                line += (
+                    f"; the bare file client (the floor of a shared-file client) at the same N: "
+                    f"p99 {lag(bare[0].p(0.99), floor)} ms (first token "
+                    f"{lag(median(bare[0].first), floor)} ms)"
+                )
         out.append(line)
     return out
 
@@ -203,15 +218,15 @@ def report(
             "start instant): their times include that delay."
         )
     if process_rows:
-        authfsm = [row for row in process_rows if row.client == "authfsm"]
+        authfsm = [row for row in process_rows if row.client in ("authfsm", "bare")]
         out += [
             "",
             "## Processes",
             "",
             table(process_rows, rounds, floor),
             "",
-            "p99 lag over the floor in ms by number of processes (authfsm; the first token's "
-            "lag in parentheses):",
+            "p99 lag over the floor in ms by number of processes (authfsm, and the bare file "
+            "client; the first token's lag in parentheses):",
             "",
             growth(authfsm, floor),
         ]
@@ -249,6 +264,11 @@ WHY = """\
 - **floor**: the IdP's own latency, one refresh call with nobody else around through the same
   HTTP client, measured before and after the rounds of the same run (under the same busy
   neighbours); "lag" is a time minus the floor, "p99 / IdP" the p99 divided by it.
+- **bare**: the least a correct shared-file client does, a floor for authfsm's rows: one OS
+  lock and nothing else (no timeouts, identity checks, markers or events). The leader re-reads
+  the file under the exclusive lock, refreshes and writes it back (fsync, rename); everyone else
+  sleeps in the kernel for a shared lock and reads the file once it is granted. It shows what
+  this machine, its cores and this harness cost by themselves.
 - **naive**: every process spends the refresh token it holds; the first call rotates, every other
   one is a reuse, and the IdP revokes the family, so nobody ends with a usable token (not even
   the process whose call succeeded) and every user has to log in again.

@@ -198,6 +198,65 @@ def naive_refresh(store_spec: dict[str, Any], endpoint: OAuthTokenEndpoint, cred
     return new
 
 
+class BareFileClient:
+    """
+    The least a correct shared-file client can do (the **bare** rows, a floor for authfsm's):
+    one OS lock, no timeouts, no identity checks, no markers, no events. Whoever gets the
+    exclusive lock re-reads the file and, if it still holds the token it started with, refreshes
+    and writes it back (temporary file, fsync, rename); everyone else sleeps in the kernel for a
+    shared lock, which is granted when the leader lets go, and reads what it wrote.
+    """
+
+    def __init__(self, spec: dict[str, Any], endpoint: OAuthTokenEndpoint) -> None:
+        self.path = Path(spec["path"])
+        self.endpoint = endpoint
+        # Kept open like the store object of a service.
+        self.lock = os.open(f"{self.path}.bare-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.held = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        with open(self.path, "rb") as handle:
+            credential: dict[str, Any] = json.loads(handle.read())["credential"]
+        return credential
+
+    def token(self) -> str:
+        import fcntl
+
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(self.lock, fcntl.LOCK_SH)  # until the leader lets go
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+            return str(self._read()["access_token"])
+        try:
+            current = self._read()
+            if current["access_token"] != self.held["access_token"]:
+                return str(current["access_token"])
+            record = NativeCodec().decode(self.path.read_bytes())
+            assert record.credential is not None
+            outcome = self.endpoint.refresh(record.credential)
+            assert isinstance(outcome, Refreshed)
+            new = minted(record.credential, outcome, time.time())
+            data = NativeCodec().encode(Record(credential=new, revision=record.revision + 1))
+            fd, tmp = tempfile.mkstemp(prefix=".bare.", dir=self.path.parent)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+            folder = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+            return new.access_token
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.lock)
+
+
 def held_back(engine: AuthEngine | AsyncAuthEngine) -> str | None:
     """
     Why an engine that answered is backing off (it then serves the token it holds), or None.
@@ -219,8 +278,11 @@ class SyncRound:
         self.client = command["client"]
         self.endpoint = _endpoint(command["token_url"])
         store = open_store(self.spec)
+        self.bare: BareFileClient | None = None
         if self.client == "authfsm":
             self.engine = AuthEngine(store, self.endpoint, POLICY)  # reads the store
+        elif self.client == "bare":
+            self.bare = BareFileClient(self.spec, self.endpoint)
         else:
             record = store.read()
             self.held = record.credential if record is not None else None
@@ -232,12 +294,16 @@ class SyncRound:
         try:
             if self.client == "authfsm":
                 token = self.engine.access_token()
+            elif self.bare is not None:
+                token = self.bare.token()
             else:
                 new = naive_refresh(self.spec, self.endpoint, self.held)
                 token = new.access_token if new is not None else None
         except AuthError as error:
             failure = error.reason
         elapsed = time.time() - start_at
+        if self.bare is not None:
+            self.bare.close()
         if self.client == "authfsm" and failure is None:
             failure = held_back(self.engine)
         return [(token, elapsed, failure)]

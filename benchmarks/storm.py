@@ -331,6 +331,12 @@ def parser() -> argparse.ArgumentParser:
         help=f"seconds after the start before workers report (default {QUIET_WINDOW:g}; "
         "see _storm_fleet.QUIET_WINDOW)",
     )
+    made.add_argument(
+        "--no-bare",
+        dest="bare",
+        action="store_false",
+        help="leave out the bare file client's rows (the floor of a shared-file client)",
+    )
     made.add_argument("--write-results", action="store_true", help=f"write {RESULTS.name}")
     made.add_argument(
         "--no-gc-freeze",
@@ -372,6 +378,8 @@ def every_configuration(storm: Storm, args: argparse.Namespace) -> tuple[list[Ro
                 variants.append((store + "+enc", "authfsm"))
             if n <= args.naive_up_to:
                 variants.append((store, "naive"))
+            if store == "file" and args.bare:
+                variants.append((store, "bare"))
             rows = [Row(kind, n, client) for kind, client in variants]
             processes += storm.configuration(f"{store} N={n}", rows)
     tasks: list[Row] = []

@@ -324,6 +324,45 @@ class TestEngineFollowers:
             assert all(store.waits >= 1 for store in stores)
             assert max(store.reads for store in stores) <= 8
 
+    def test_followers_touch_nothing_but_the_lease_watch_while_the_leader_holds_it(
+        self, tmp_path: Path
+    ) -> None:
+        """
+        At the start of a storm every follower costs the leader's cores: a follower that finds
+        the lease held sleeps at once, before reading the record or trying the lease, then
+        reads once and adopts (no lease taken at all). Counted while the leader holds it.
+        """
+        path = tmp_path / "auth.json"
+        with (
+            TokenServer(access_token_ttl=3600.0) as server,
+            OAuthTokenEndpoint(server.token_url, "test-client") as endpoint,
+        ):
+            creds = server.issue(expires_in=0.2)  # due after 0.1 s (half its life)
+            FileStore(path).write(Record(credential=creds), None)
+            time.sleep(0.2)
+            stores = [CountingStore(FileStore(path)) for _ in range(3)]
+            engines = [AuthEngine(store, endpoint, POLICY) for store in stores]
+            for store in stores:
+                store.reads = 0
+            leader = _rotate_under_lease(path, server, hold_for=0.5)
+            tokens: list[str] = []
+            followers = [
+                threading.Thread(target=lambda e=e: tokens.append(e.access_token()), daemon=True)
+                for e in engines
+            ]
+            for thread in followers:
+                thread.start()
+            time.sleep(0.1)  # the followers are asleep; the leader still holds the lease
+            meanwhile = [(store.reads, store.leases) for store in stores]
+            for thread in (leader, *followers):
+                thread.join(30)
+
+            assert [(0, 0)] * 3 == meanwhile
+            # Then a look every slice (0.25 s) at most until the release, and the adoption.
+            assert all(1 <= store.reads <= 4 for store in stores)
+            assert 1 == len(set(tokens))
+            assert (1, 0) == (server.token_calls, server.reuse_rejections)
+
     def test_an_async_engine_on_a_file_adopts_after_the_release(self, tmp_path: Path) -> None:
         path = tmp_path / "auth.json"
         with TokenServer(access_token_ttl=3600.0) as server:

@@ -404,15 +404,24 @@ class EngineCore:
         token is itself what a recovery obtained moments ago, nothing is spent: the server
         rejects it for another reason than its age, and a refresh would not help.
         """
+        # A refresh under way elsewhere is waited for first, before anything is read: at the
+        # start of a storm each follower costs the leader (and the IdP beside it) one look at
+        # the lease, then sleeps until the leader's release (a store that cannot tell is
+        # looked at once, below, as before).
+        started = self.timer()
+        yield AwaitRelease(min(self._lease_timeout(), _WATCH_SLICE), watch_only=True)
+        held = self.cred
         record = yield READ
         if self._sync(record, reason="before_lease"):
+            if self.cred is not held:
+                self._waited("adopted", started)
             return
         stored = self._stored(record)
         if stored is not None:
             early = self._facts(now=now, reason="before_lease", candidate=stored)
             if not early.compatible:
                 self._refused()  # another identity: no lease, no call, no write
-        if not (yield from self._await_lease()):
+        if not (yield from self._await_lease(started)):
             return  # a sibling wrote while we waited: adopted, nothing to spend
         try:
             record = yield READ
@@ -474,7 +483,7 @@ class EngineCore:
             duration=round(duration, 6),
         )
 
-    def _await_lease(self) -> Flow[bool]:
+    def _await_lease(self, started: float) -> Flow[bool]:
         """
         Take the lease; while a sibling holds it, sleep until it is given back, then look.
 
@@ -487,7 +496,6 @@ class EngineCore:
         transient failure, so a hung holder costs every sibling one wait, not one per call.
         """
         total = self._lease_timeout()
-        started = self.timer()
         for _look in range(_MAX_LOOKS):
             try:
                 yield AcquireLease(0.0)

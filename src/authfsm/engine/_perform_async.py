@@ -55,7 +55,7 @@ async def perform_async(
     if isinstance(effect, AwaitRelease):
         if isinstance(store, AsyncReleaseWatch):
             await store.wait_for_release(effect.timeout)
-        else:
+        elif not effect.watch_only:
             await sleep_async(max(min(effect.timeout, POLL_INTERVAL), 0.0))
         return None
     if isinstance(effect, CallEndpoint):

@@ -57,7 +57,7 @@ def perform(
     if isinstance(effect, AwaitRelease):
         if isinstance(store, ReleaseWatch):
             store.wait_for_release(effect.timeout)
-        else:
+        elif not effect.watch_only:
             sleep(max(min(effect.timeout, POLL_INTERVAL), 0.0))
         return None
     if isinstance(effect, CallEndpoint):
