@@ -409,7 +409,10 @@ class EngineCore:
         # the lease, then sleeps until the leader's release (a store that cannot tell is
         # looked at once, below, as before).
         started = self.timer()
-        yield AwaitRelease(min(self._lease_timeout(), _WATCH_SLICE), watch_only=True)
+        with contextlib.suppress(StorageUnavailable):
+            # A watch that fails (a subscription to a server that went away) only skips the
+            # wait: the read below reaches the store, or says why not.
+            yield AwaitRelease(min(self._lease_timeout(), _WATCH_SLICE), watch_only=True)
         held = self.cred
         record = yield READ
         if self._sync(record, reason="before_lease"):
@@ -514,7 +517,8 @@ class EngineCore:
                         self.failure = None
                 self._waited("acquired", started)
                 return True
-            yield AwaitRelease(min(left, _WATCH_SLICE))
+            with contextlib.suppress(StorageUnavailable):
+                yield AwaitRelease(min(left, _WATCH_SLICE))  # a failed watch: look now
             if self._sync((yield READ), reason="while_waiting_for_lease"):
                 self._waited("adopted", started)
                 return False
