@@ -265,6 +265,30 @@ class TestPermanentFailureLooksOnceMore:
         assert 1 == endpoint.calls
         assert siblings == [stored_record(file_store).credential]
 
+    def test_a_record_lost_during_the_call_ends_in_reauth(self, file_store, clock, server):
+        """Catches the final re-read failing on a store that lost its record while the token
+        call was out (no record at all, not even a tombstone): ReauthRequired, nothing else
+        escapes, and the dead credential is not served."""
+
+        class _LosesTheRecord(_SiblingWritesDuringCall):
+            def refresh(self, credentials: Credentials) -> RefreshOutcome:
+                self.calls += 1
+                self.store.path.unlink()  # a Redis restart without persistence
+                return PermanentFailure(code="invalid_grant", status=400)
+
+        endpoint = _LosesTheRecord(file_store, lambda: None)
+        engine = AuthEngine(file_store, endpoint, POLICY, clock=clock)
+        engine.login(server.issue())
+        clock.advance(DUE)
+
+        with pytest.raises(ReauthRequired):
+            engine.access_token()
+
+        assert engine.state in (State.LOGGED_OUT, State.POISONED)
+        with pytest.raises(ReauthRequired):
+            engine.access_token()
+        assert 1 == endpoint.calls
+
     def test_a_lost_record_is_written_back_poisoned(self, file_store, endpoint, clock, server):
         """Catches the poison write of a store that lost its record failing (no revision)."""
         engine, creds = engine_on(file_store, endpoint, clock, server)

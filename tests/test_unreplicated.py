@@ -197,6 +197,49 @@ class TestRefreshNotReplicated:
         assert token != engine.access_token()
         assert server.family_alive(engine.credentials)
 
+    def test_a_store_restored_to_before_a_login_is_not_adopted(self, endpoint, clock, server):
+        """The same after a login: the record the login replaced (the same user's older
+        credential) comes back at its old revision; the engine keeps its login and writes it
+        again."""
+        store = MemoryStore()
+        engine = _engine(store, endpoint, clock, server)
+        backup = store.read()
+        clock.advance(60)
+        relogin = server.issue()
+        engine.login(relogin)
+        store._record = backup
+
+        engine.status()  # reads the store: it went back
+
+        assert relogin.access_token == engine.access_token()
+        assert relogin.access_token == _stored_token(store)  # written again
+
+    def test_a_store_restored_after_a_save_retry_is_not_adopted(self, endpoint, clock, server):
+        """And after a save retry: the rotation replicated at last, then the store restored to
+        the login it replaced (whose refresh token is spent): kept, written again, no reuse."""
+        store = PrimaryAndReplica()
+        engine = _engine(store, endpoint, clock, server)
+        backup = store.read()
+        clock.advance(DUE)
+        store.replica_up = False
+        token = engine.access_token()  # on the primary, not replicated
+        store.replica_up = True
+        clock.advance(60)
+        assert token == engine.access_token()  # written again, replicated now
+        assert store.replica is not None
+        assert store.replica.credential is not None
+        assert token == store.replica.credential.access_token
+        store.primary._record = backup
+
+        engine.status()  # reads the store: it went back
+
+        assert token == engine.access_token()
+        assert token == _stored_token(store)  # written again
+        clock.advance(DUE)
+        engine.access_token()
+        assert (2, 0) == (server.token_calls, server.reuse_rejections)
+        assert server.family_alive(engine.credentials)
+
     def test_a_new_login_at_a_lower_revision_is_adopted(self, endpoint, clock, server):
         """Going back needs an older credential too: a store deleted and logged into again
         (revision 1, a credential minted after this engine's) is simply adopted."""
