@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from authfsm import AsyncAuthEngine, AuthEngine, Policy
+from authfsm import AsyncAuthEngine, AuthEngine, Policy, StorageUnavailable
 from authfsm.adapters import FileStore, MemoryStore, OAuthTokenEndpoint
 from authfsm.engine import LeaseTimeout, Record, Refreshed, ReleaseWatch, minted
 from authfsm.testing import TokenServer
@@ -361,6 +361,35 @@ class TestEngineFollowers:
             # Then a look every slice (0.25 s) at most until the release, and the adoption.
             assert all(1 <= store.reads <= 4 for store in stores)
             assert 1 == len(set(tokens))
+            assert (1, 0) == (server.token_calls, server.reuse_rejections)
+
+    def test_a_watch_that_fails_only_skips_the_wait(self, tmp_path: Path) -> None:
+        """A store whose release watch fails (a subscription to a server that went away) is
+        looked at instead: the follower still adopts the leader's write, with no call."""
+
+        class _BrokenWatch(FileStore):
+            def wait_for_release(self, timeout: float) -> None:
+                time.sleep(min(timeout, 0.02))
+                raise StorageUnavailable("the release channel went away")
+
+        path = tmp_path / "auth.json"
+        with (
+            TokenServer(access_token_ttl=3600.0) as server,
+            OAuthTokenEndpoint(server.token_url, "test-client") as endpoint,
+        ):
+            creds = server.issue(expires_in=0.2)
+            FileStore(path).write(Record(credential=creds), None)
+            time.sleep(0.2)
+            engine = AuthEngine(_BrokenWatch(path), endpoint, POLICY)
+            leader = _rotate_under_lease(path, server, hold_for=0.3)
+
+            token = engine.access_token()
+            leader.join(30)
+
+            rotated = FileStore(path).read()
+            assert rotated is not None
+            assert rotated.credential is not None
+            assert rotated.credential.access_token == token
             assert (1, 0) == (server.token_calls, server.reuse_rejections)
 
     def test_an_async_engine_on_a_file_adopts_after_the_release(self, tmp_path: Path) -> None:

@@ -339,3 +339,27 @@ def test_an_unreplicated_write_is_counted_by_the_metrics(endpoint, clock, server
     engine.access_token()  # written again, still not acknowledged
 
     assert 2 == total(reader, "authfsm.write.unreplicated")
+
+
+def test_an_unreplicated_logout_is_counted_by_the_metrics(endpoint, clock, server):
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from authfsm.metrics import EngineMetrics
+
+    from .test_metrics import total
+
+    reader = InMemoryMetricReader()
+    metrics = EngineMetrics(meter_provider=MeterProvider(metric_readers=[reader]), name="api")
+    store = PrimaryAndReplica()
+    engine = AuthEngine(store, endpoint, POLICY, clock=clock, metrics=metrics)
+    engine.login(server.issue())
+    store.replica_up = False
+
+    engine.logout()
+
+    assert State.LOGGED_OUT is engine.state
+    assert (1, 1) == (
+        total(reader, "authfsm.write.unreplicated"),
+        total(reader, "authfsm.logged_out"),
+    )
