@@ -803,3 +803,43 @@ def test_location_of_a_store_on_a_path(tmp_path: Path):
     store = RedisStore(f"redis://:{PASSWORD}@127.0.0.1:6390/2", key="k", key_prefix="p:")
     assert "redis://127.0.0.1:6390/2 key 'p:k'" == store.location
     assert "<RedisStore redis://127.0.0.1:6390/2 key 'p:k'>" == repr(store)
+
+
+class TestLeaseRenewal:
+    """The one renewer thread of a process keeps renewing, whatever one store's renewal does."""
+
+    def test_a_renewal_that_raises_anything_stops_no_other_renewal(self):
+        from authfsm.adapters.storage._redis_threads import _LeaseRenewer
+
+        class _Lessee:
+            renew_every = 0.01
+
+            def __init__(self, fails_with: BaseException | None) -> None:
+                self.fails_with = fails_with
+                self.renewals = 0
+
+            def _renew(self, token: str) -> None:
+                self.renewals += 1
+                if self.fails_with is not None:
+                    raise self.fails_with
+
+            def _release(self, token: str) -> None:
+                pass
+
+        renewer = _LeaseRenewer()
+        # What CI once saw: redis-py reading a connection that the store's close() took away.
+        broken = _Lessee(AttributeError("'NoneType' object has no attribute 'readline'"))
+        healthy = _Lessee(None)
+        for store, token in ((broken, "a"), (healthy, "b")):
+            renewer.watch(store)
+            renewer.hold(store, token)
+        deadline = time.monotonic() + 5
+        while healthy.renewals < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        assert healthy.renewals >= 5
+        assert broken.renewals >= 5  # tried again at every tick
+        assert renewer._thread is not None
+        assert renewer._thread.is_alive()
+        renewer.drop("a")
+        renewer.drop("b")

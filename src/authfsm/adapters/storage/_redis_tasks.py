@@ -19,8 +19,6 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from ...engine import AuthError
-
 __all__ = ["Condition", "Interrupted", "LeaseKeeper", "initialized", "sleep", "wait_on"]
 
 Interrupted = asyncio.CancelledError
@@ -78,11 +76,13 @@ class LeaseKeeper:
     async def _renew_forever(self, token: str) -> None:
         while True:
             await asyncio.sleep(self._store.renew_every)
-            with contextlib.suppress(AuthError):
+            # Retried at the next tick, whatever failed (see _redis_threads._LeaseRenewer).
+            with contextlib.suppress(Exception):
                 await self._store._renew(token)
 
     async def _release_quietly(self, token: str) -> None:
-        with contextlib.suppress(AuthError):
+        # In the background: nobody awaits it, so nothing may escape it (the lease expires).
+        with contextlib.suppress(Exception):
             await self._store._release(token)
 
     def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:

@@ -106,7 +106,9 @@ class _LeaseRenewer:
             for token, store in held:
                 # A failed renewal is retried at the next tick; if the lease lapses, the CAS on
                 # the revision still keeps this holder from overwriting what a successor wrote.
-                with contextlib.suppress(AuthError):
+                # Whatever fails (also inside redis-py: a connection the store's close() took
+                # away mid-read), this thread renews every store's leases: it must not end.
+                with contextlib.suppress(Exception):
                     store._renew(token)
 
 
