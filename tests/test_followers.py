@@ -289,6 +289,29 @@ def _rotate_under_lease(path: Path, server: TokenServer, hold_for: float) -> thr
     return thread
 
 
+def _due_engines_stores(path: Path, server: TokenServer, n: int) -> list[CountingStore]:
+    """A credential stored due (half its 0.2 s life gone), and ``n`` counting stores of it."""
+    creds = server.issue(expires_in=0.2)
+    FileStore(path).write(Record(credential=creds), None)
+    time.sleep(0.2)
+    return [CountingStore(FileStore(path)) for _ in range(n)]
+
+
+def _follow(engines: list[AuthEngine], tokens: list[str]) -> list[threading.Thread]:
+    """One started thread per engine, adding its token to ``tokens`` (reads counted from now)."""
+    for engine in engines:
+        store = engine._store
+        assert isinstance(store, CountingStore)
+        store.reads = 0
+    followers = [
+        threading.Thread(target=lambda e=e: tokens.append(e.access_token()), daemon=True)
+        for e in engines
+    ]
+    for thread in followers:
+        thread.start()
+    return followers
+
+
 class TestEngineFollowers:
     def test_followers_sleep_until_the_leader_writes_then_adopt(self, tmp_path: Path) -> None:
         path = tmp_path / "auth.json"
@@ -296,21 +319,11 @@ class TestEngineFollowers:
             TokenServer(access_token_ttl=3600.0) as server,
             OAuthTokenEndpoint(server.token_url, "test-client") as endpoint,
         ):
-            creds = server.issue(expires_in=0.2)  # due after 0.1 s (half its life)
-            FileStore(path).write(Record(credential=creds), None)
-            time.sleep(0.2)
-            stores = [CountingStore(FileStore(path)) for _ in range(4)]
+            stores = _due_engines_stores(path, server, 4)
             engines = [AuthEngine(store, endpoint, POLICY) for store in stores]
-            for store in stores:
-                store.reads = 0
             leader = _rotate_under_lease(path, server, hold_for=1.0)
             tokens: list[str] = []
-            followers = [
-                threading.Thread(target=lambda e=e: tokens.append(e.access_token()), daemon=True)
-                for e in engines
-            ]
-            for thread in followers:
-                thread.start()
+            followers = _follow(engines, tokens)
             for thread in (leader, *followers):
                 thread.join(30)
 
@@ -337,21 +350,11 @@ class TestEngineFollowers:
             TokenServer(access_token_ttl=3600.0) as server,
             OAuthTokenEndpoint(server.token_url, "test-client") as endpoint,
         ):
-            creds = server.issue(expires_in=0.2)  # due after 0.1 s (half its life)
-            FileStore(path).write(Record(credential=creds), None)
-            time.sleep(0.2)
-            stores = [CountingStore(FileStore(path)) for _ in range(3)]
+            stores = _due_engines_stores(path, server, 3)
             engines = [AuthEngine(store, endpoint, POLICY) for store in stores]
-            for store in stores:
-                store.reads = 0
             leader = _rotate_under_lease(path, server, hold_for=0.5)
             tokens: list[str] = []
-            followers = [
-                threading.Thread(target=lambda e=e: tokens.append(e.access_token()), daemon=True)
-                for e in engines
-            ]
-            for thread in followers:
-                thread.start()
+            followers = _follow(engines, tokens)
             time.sleep(0.1)  # the followers are asleep; the leader still holds the lease
             meanwhile = [(store.reads, store.leases) for store in stores]
             for thread in (leader, *followers):

@@ -310,6 +310,17 @@ class TestLoginAndLogoutNotReplicated:
         assert record.credential is None
 
 
+def _metrics():
+    """An in-memory metrics reader and the EngineMetrics that feed it."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from authfsm.metrics import EngineMetrics
+
+    reader = InMemoryMetricReader()
+    return reader, EngineMetrics(meter_provider=MeterProvider(metric_readers=[reader]), name="api")
+
+
 @pytest.mark.parametrize("acknowledged", [0, 1])
 def test_the_error_says_how_many_replicas_answered(acknowledged):
     error = StorageUnreplicated("redis://h/k", acknowledged=acknowledged, required=2, timeout=0.5)
@@ -319,15 +330,7 @@ def test_the_error_says_how_many_replicas_answered(acknowledged):
 
 
 def test_an_unreplicated_write_is_counted_by_the_metrics(endpoint, clock, server):
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    from authfsm.metrics import EngineMetrics
-
-    from .test_metrics import total
-
-    reader = InMemoryMetricReader()
-    metrics = EngineMetrics(meter_provider=MeterProvider(metric_readers=[reader]), name="api")
+    reader, metrics = _metrics()
     store = PrimaryAndReplica()
     engine = AuthEngine(store, endpoint, POLICY, clock=clock, metrics=metrics)
     engine.login(server.issue())
@@ -338,25 +341,21 @@ def test_an_unreplicated_write_is_counted_by_the_metrics(endpoint, clock, server
     clock.advance(60)
     engine.access_token()  # written again, still not acknowledged
 
+    from .test_metrics import total
+
     assert 2 == total(reader, "authfsm.write.unreplicated")
 
 
 def test_an_unreplicated_logout_is_counted_by_the_metrics(endpoint, clock, server):
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    from authfsm.metrics import EngineMetrics
-
-    from .test_metrics import total
-
-    reader = InMemoryMetricReader()
-    metrics = EngineMetrics(meter_provider=MeterProvider(metric_readers=[reader]), name="api")
+    reader, metrics = _metrics()
     store = PrimaryAndReplica()
     engine = AuthEngine(store, endpoint, POLICY, clock=clock, metrics=metrics)
     engine.login(server.issue())
     store.replica_up = False
 
     engine.logout()
+
+    from .test_metrics import total
 
     assert State.LOGGED_OUT is engine.state
     assert (1, 1) == (

@@ -409,10 +409,7 @@ class EngineCore:
         # the lease, then sleeps until the leader's release (a store that cannot tell is
         # looked at once, below, as before).
         started = self.timer()
-        with contextlib.suppress(StorageUnavailable):
-            # A watch that fails (a subscription to a server that went away) only skips the
-            # wait: the read below reaches the store, or says why not.
-            yield AwaitRelease(min(self._lease_timeout(), _WATCH_SLICE), watch_only=True)
+        yield from self._await_release(min(self._lease_timeout(), _WATCH_SLICE), watch_only=True)
         held = self.cred
         record = yield READ
         if self._sync(record, reason="before_lease"):
@@ -517,8 +514,7 @@ class EngineCore:
                         self.failure = None
                 self._waited("acquired", started)
                 return True
-            with contextlib.suppress(StorageUnavailable):
-                yield AwaitRelease(min(left, _WATCH_SLICE))  # a failed watch: look now
+            yield from self._await_release(min(left, _WATCH_SLICE))
             if self._sync((yield READ), reason="while_waiting_for_lease"):
                 self._waited("adopted", started)
                 return False
@@ -534,6 +530,15 @@ class EngineCore:
             reason="lease_timeout",
             retry_at=self.retry_at,
         )
+
+    def _await_release(self, timeout: float, *, watch_only: bool = False) -> Flow[None]:
+        """
+        Sleep until the lease is given back (see :class:`AwaitRelease`). A watch that fails (a
+        subscription to a server that went away) only skips the wait: the read that follows
+        reaches the store, or says why not.
+        """
+        with contextlib.suppress(StorageUnavailable):
+            yield AwaitRelease(timeout, watch_only=watch_only)
 
     def _waited(self, outcome: str, started: float) -> None:
         duration = round(self.timer() - started, 6)
