@@ -1,6 +1,7 @@
 """
-Real redis-servers for tests: started on 127.0.0.1 (ephemeral ports) or a unix socket in a tmp
-folder, ready once they answer PING, stopped (and reaped, by PID) even when a test fails.
+Real redis-servers for tests: started on 127.0.0.1 (free ports below the ephemeral range) or a
+unix socket in a tmp folder, ready once they answer PING, stopped (and reaped, by PID) even when a
+test fails.
 
 Also the deployments users run: a primary with a replica (:class:`Replicated`), the same watched
 by three Sentinels (:class:`SentinelDeployment`, with fast failover settings), and a Redis Cluster
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -31,6 +33,8 @@ import redis
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+START_ATTEMPTS = 5  # a first start whose port another process took meanwhile retries elsewhere
+PORT_TAKEN = "Address already in use"
 MISSING = (
     "redis-server was not found on PATH (or in $AUTHFSM_REDIS_SERVER). The Redis tests need a "
     "real server: run .ci/redis-deps (it does `apt-get install -y redis-server`)."
@@ -66,11 +70,35 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = START_
         time.sleep(0.01)
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listened on a moment ago."""
+    """
+    A TCP port on 127.0.0.1 that nobody listened on a moment ago, chosen below the ephemeral
+    range: between choosing it and a server binding it, no outgoing connection of this or another
+    test process can take it as its source port (CI saw that with an ephemeral port).
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)  # noqa: S311 - not a secret
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+class _PortTaken(Exception):
+    """redis-server could not listen: another process took its port after we chose it."""
 
 
 class RedisServer:
@@ -135,6 +163,20 @@ class RedisServer:
         """Start (or restart, on the same port and data) and wait until it answers PING."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("redis-server is already running")
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start_once()
+            except _PortTaken as taken:
+                # Only a first start may move: a restart must come back on the port clients use.
+                if self.starts > 1 or attempt == START_ATTEMPTS:
+                    pytest.fail(str(taken))
+                self.starts -= 1
+                (self.folder / "redis.log").unlink(missing_ok=True)
+                self.port = 0 if self.unix_socket else free_port()
+                self.bus_port = free_port() if self.cluster else 0
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> RedisServer:
         self.process = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -228,7 +270,10 @@ class RedisServer:
                     else ""
                 )
                 text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                pytest.fail(f"redis-server exited with {self.process.returncode}: {stderr}{text}")
+                said = f"redis-server exited with {self.process.returncode}: {stderr}{text}"
+                if PORT_TAKEN in said:
+                    raise _PortTaken(said)
+                pytest.fail(said)
             try:
                 with contextlib.closing(self.client()) as client:
                     if client.ping():
