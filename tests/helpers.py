@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -47,3 +49,30 @@ def wait_for_file(path: Path, process: subprocess.Popen[bytes]) -> None:
         time.sleep(0.01)
     stderr = process.stderr.read() if process.poll() is not None and process.stderr else b""
     assert path.exists(), stderr
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """
+    A TCP port on 127.0.0.1 that nobody listened on a moment ago, chosen below the ephemeral
+    range: between choosing it and a server binding it, no outgoing connection of this or another
+    test process can take it as its source port (CI saw that with an ephemeral port).
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12000), low)  # noqa: S311 - not a secret
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +28,8 @@ from typing import Any
 
 import pytest
 import redis
+
+from .helpers import free_port
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -68,33 +68,6 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = START_
         if time.monotonic() - started > timeout:
             pytest.fail(f"{what}: not within {timeout:g} s")
         time.sleep(0.01)
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """
-    A TCP port on 127.0.0.1 that nobody listened on a moment ago, chosen below the ephemeral
-    range: between choosing it and a server binding it, no outgoing connection of this or another
-    test process can take it as its source port (CI saw that with an ephemeral port).
-    """
-    low = _ephemeral_low()
-    for _ in range(100):
-        port = random.randrange(max(1024, low - 12000), low)  # noqa: S311 - not a secret
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class _PortTaken(Exception):

@@ -36,6 +36,7 @@ from authfsm.login import (
     clear_discovery_cache,
 )
 
+from .helpers import free_port
 from .oidc_provider import PUBLIC_CLIENT_ID, OidcProvider, _oidc_provider  # noqa: F401
 from .redis_server import RedisServer, _redis_server  # noqa: F401 - fixtures
 
@@ -104,12 +105,6 @@ def browser_login(engine: AuthEngine, provider: OidcProvider, login: str, **opti
     visitor = Visitor(provider, login=login)
     engine.login_browser(opener=visitor, stream=io.StringIO(), timeout=WAIT, **options)
     visitor.join()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:

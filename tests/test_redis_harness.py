@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from .redis_server import RedisServer, _ephemeral_low, free_port
+from .helpers import _ephemeral_low, free_port
+from .redis_server import RedisServer
 
 
 def test_free_ports_lie_below_the_ephemeral_range() -> None:
