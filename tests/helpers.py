@@ -29,17 +29,20 @@ def sample_credentials(access: str, refresh: str, **fields: Any) -> Credentials:
 
 
 @contextmanager
-def child(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+def child(
+    args: list[str], *, stdout: int = subprocess.DEVNULL
+) -> Iterator[subprocess.Popen[bytes]]:
     """A child process (stderr kept for failure messages), killed and reaped on the way out."""
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(args, stdout=stdout, stderr=subprocess.PIPE)
     try:
         yield process
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=5)
-        if process.stderr is not None:
-            process.stderr.close()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[bytes]) -> None:

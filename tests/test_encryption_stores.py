@@ -407,10 +407,10 @@ class TestRotateKey:
             other.reseal(1)  # type: ignore[attr-defined]
         assert 3 == other.write(Record(credential=None), 2).revision
 
-    def test_an_unsaved_rotation_survives_a_key_rotation(self, tmp_path, endpoint, clock, server):
-        """An engine whose save failed holds the only copy of the new refresh token. A key
-        rotation meanwhile keeps the revision, so the engine still knows the store's copy is
-        older, saves its own, and the next refresh spends the right token."""
+    def test_a_key_rotation_waits_for_an_unsaved_rotation(self, tmp_path, endpoint, clock, server):
+        """An engine whose save failed holds the only copy of the new refresh token, and keeps
+        the lease until it is written: a key rotation meanwhile waits for it (and times out),
+        and runs once the engine's write landed; the next refresh spends the right token."""
         path = tmp_path / "auth.json"
         # Seals with k1, already opens k2 (step 1 of a rotation: every ring learns the new key).
         flaky = FlakyStore(FileStore(path, codec=EncryptedCodec(ring(K1, K2))))
@@ -421,13 +421,16 @@ class TestRotateKey:
         new = engine.access_token()
         assert engine.status().unsaved
 
-        rotate_key(FileStore(path, codec=EncryptedCodec(ring(K2, K1))))
+        with pytest.raises(LeaseTimeout):
+            rotate_key(FileStore(path, codec=EncryptedCodec(ring(K2, K1))), lease_timeout=0.05)
         assert new == engine.access_token()
         flaky.fail_writes = False
         clock.advance(300)  # past the save's backoff (at most 5 min x jitter 0.5)
-
         assert new == engine.access_token()
-        saved = FileStore(path, codec=EncryptedCodec(ring(K2, K1))).read()
+        assert not engine.status().unsaved
+        rotate_key(FileStore(path, codec=EncryptedCodec(ring(K2, K1))), lease_timeout=0.05)
+
+        saved = FileStore(path, codec=EncryptedCodec(ring(K2))).read()
         assert saved is not None
         assert new == saved.credential.access_token
         sibling = AuthEngine(
@@ -438,8 +441,9 @@ class TestRotateKey:
         assert (2, 0) == (server.token_calls, server.reuse_rejections)
 
     def test_why_the_revision_is_kept(self, tmp_path, endpoint, clock, server):
-        """The same re-encryption as an ordinary write (revision + 1) loses that rotation: the
-        engine takes the bump for a sibling's newer write and adopts the spent token back."""
+        """The same re-encryption as an ordinary write (revision + 1), by a tool that does not
+        wait for the lease, loses an unsaved rotation: the engine takes the bump for a
+        sibling's newer write and adopts the spent token back."""
         path = tmp_path / "auth.json"
         # Seals with k1, already opens k2 (step 1 of a rotation: every ring learns the new key).
         flaky = FlakyStore(FileStore(path, codec=EncryptedCodec(ring(K1, K2))))
@@ -450,10 +454,10 @@ class TestRotateKey:
         new = engine.access_token()
 
         naive = FileStore(path, codec=EncryptedCodec(ring(K2, K1)))
-        with naive.lease(5):
-            record = naive.read()
-            assert record is not None
-            naive.write(record, record.revision)
+        record = naive.read()
+        assert record is not None
+        bumped = attrs.evolve(record, revision=record.revision + 1)
+        naive._replace(naive.codec.encode(bumped))  # the atomic rename, without the lock
         flaky.fail_writes = False
         clock.advance(300)
 

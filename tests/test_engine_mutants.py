@@ -10,6 +10,7 @@ backoff jitter is fixed, so every backoff below is exact.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from datetime import timedelta
@@ -20,13 +21,21 @@ import pytest
 from authfsm import (
     AuthEngine,
     Credentials,
+    LeaseTimeout,
     ReauthRequired,
     RefreshFailed,
     State,
     StorageUnavailable,
 )
 from authfsm.adapters import FileStore, MemoryStore
-from authfsm.engine import Backoff, PermanentFailure, Poison, Record, RefreshOutcome
+from authfsm.engine import (
+    Backoff,
+    PermanentFailure,
+    Poison,
+    Record,
+    RefreshOutcome,
+    WriteConflict,
+)
 from authfsm.testing import ScriptedResponse
 
 from .conftest import CountingStore
@@ -143,24 +152,83 @@ def _unsaved_refresh(file_store, endpoint, clock, server, policy=SHORT_LEASE):
 class TestUnsavedRetry:
     """A credential the store does not hold yet is kept, and never traded for the older copy."""
 
-    def test_busy_lease_at_the_retry_keeps_the_new_credential(
-        self, file_store, endpoint, clock, server
-    ):
-        """Catches a failed lease at the save retry forgetting which revision is the older copy."""
+    def test_the_lease_is_kept_until_the_retry_writes(self, file_store, endpoint, clock, server):
+        """Catches the lease given back while the new tokens exist only in this engine: a
+        sibling would read the older record and spend its rotated refresh token."""
         store, engine, creds, new = _unsaved_refresh(file_store, endpoint, clock, server)
-        store.writes_fail = False
-        clock.advance(5)
-        with FileStore(file_store.path).lease(1.0):
-            assert new == engine.access_token()
+        sibling = FileStore(file_store.path)
+        with pytest.raises(LeaseTimeout), sibling.lease(0.05):
+            pass
         status = engine.status()
 
         assert (State.FRESH, True, "unsaved") == (status.state, status.unsaved, status.failure)
         assert new == engine.access_token()
         assert creds == stored_record(file_store).credential
+        store.writes_fail = False
         clock.advance(10)
         assert new == engine.access_token()
         assert new == stored_record(file_store).credential.access_token
+        with sibling.lease(0.05):  # written: given back
+            pass
         assert (1, 0) == (server.token_calls, server.reuse_rejections)
+
+    def test_a_retry_from_another_thread_writes_and_gives_the_lease_back(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches a kept file lease that only its first thread could use or give back (the
+        OS lock was per thread): a later call from another thread saves and releases."""
+        store, engine, _, new = _unsaved_refresh(file_store, endpoint, clock, server)
+        store.writes_fail = False
+        clock.advance(10)
+        results: list[object] = []
+        worker = threading.Thread(target=lambda: results.append(engine.status().unsaved))
+        worker.start()
+        worker.join(timeout=10)
+
+        assert [False] == results
+        assert new == stored_record(file_store).credential.access_token
+        with FileStore(file_store.path).lease(0.05):
+            pass
+
+    def test_a_fenced_retry_gives_the_kept_lease_back(self, file_store, endpoint, clock, server):
+        """Catches a kept lease held on after a write under it was fenced (someone wrote between
+        its read and its write, so it was not exclusive): it is given back, the tokens stay
+        unsaved, and the next retry takes the lease anew and writes them."""
+        store, engine, _, new = _unsaved_refresh(file_store, endpoint, clock, server)
+        store.writes_fail = False
+        conflicts = [WriteConflict(file_store.location, 1, 2)]
+        real_write = store.write
+
+        def write_once_fenced(record, expected_revision):
+            if conflicts:
+                raise conflicts.pop()
+            return real_write(record, expected_revision)
+
+        store.write = write_once_fenced
+        clock.advance(10)
+        status = engine.status()
+        with FileStore(file_store.path).lease(0.05):
+            pass  # given back
+
+        assert (True, "unsaved") == (status.unsaved, status.failure)
+        clock.advance(10)
+        assert not engine.status().unsaved
+        assert new == stored_record(file_store).credential.access_token
+        with FileStore(file_store.path).lease(0.05):
+            pass
+        assert (1, 0) == (server.token_calls, server.reuse_rejections)
+
+    def test_an_engine_dropped_while_keeping_the_lease_gives_it_back(
+        self, file_store, endpoint, clock, server
+    ):
+        """Its unsaved tokens are gone with it: nothing is left to protect, so the lease is free
+        for the rest of the process (the file's lock would otherwise stay taken until exit)."""
+        _, engine, _, _ = _unsaved_refresh(file_store, endpoint, clock, server)
+        del engine
+        gc.collect()
+
+        with FileStore(file_store.path).lease(0.05):
+            pass
 
     def test_reload_keeps_the_new_credential(self, file_store, endpoint, clock, server):
         """Catches reload() taking the older stored copy for another identity (AccountMismatch)."""
@@ -1147,11 +1215,20 @@ class TestUnsavedThatLanded:
         assert (revision, writes) == (stored_record(store).revision, store.writes)  # B: none
         assert 0 == server.token_calls
 
-    def test_a_siblings_logout_while_unsaved_logs_out(self, file_store, endpoint, clock, server):
+    def test_a_siblings_logout_waits_for_the_unsaved_write(
+        self, file_store, endpoint, clock, server
+    ):
         """Catches the unsaved engine reading a tombstone as its own older copy (or failing on
-        it): a logout by a sibling logs it out."""
-        _, engine, _, _ = _unsaved_refresh(file_store, endpoint, clock, server)
-        AuthEngine(FileStore(file_store.path), endpoint, POLICY, clock=clock).logout()
+        it): a sibling's logout waits for the lease, which the unsaved engine keeps until its
+        tokens are written; then it logs out, and the engine sees it."""
+        store, engine, _, _ = _unsaved_refresh(file_store, endpoint, clock, server)
+        sibling = AuthEngine(FileStore(file_store.path), endpoint, SHORT_LEASE, clock=clock)
+        with pytest.raises(LeaseTimeout):
+            sibling.logout()
+        store.writes_fail = False
+        clock.advance(10)
+        assert not engine.status().unsaved
+        sibling.logout()
 
         status = engine.status()  # reads the store: the tombstone
 

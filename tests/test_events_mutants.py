@@ -446,30 +446,34 @@ class TestStoreEvents:
         ]
 
     def test_save_retries(self, file_store, endpoint, clock, server):
-        """Catches the events of a later save attempt (failed for the lease, failed to write,
-        landed) renamed, re-levelled or without their reason or fingerprint."""
+        """Catches the events of the lease kept for a failed save and of later save attempts
+        (failed to write, landed, the lease given back) renamed, re-levelled or without their
+        reason or fingerprint."""
         store = FaultyStore(file_store)
         engine, _, events = logged_engine(store, endpoint, clock, server, policy=SHORT_LEASE)
         clock.advance(DUE)
         store.writes_fail = True
+        events.take()
         token = engine.access_token()
         minted_at = clock()
+        kept = [
+            e for e in events.seen if e[1] in ("authfsm.lease.retained", "authfsm.lease.released")
+        ]
         events.take()
 
-        clock.set(minted_at + 1)  # the first retry: the lease is held elsewhere
-        with FileStore(file_store.path).lease(1.0):
-            assert token == engine.access_token()
-        clock.set(minted_at + 3)  # the second: the write fails
+        clock.set(minted_at + 3)  # the first retry: the write fails
         assert token == engine.access_token()
         store.writes_fail = False
-        clock.set(minted_at + 7)  # the third lands
+        clock.set(minted_at + 7)  # the second lands
         assert token == engine.access_token()
 
+        assert [("warning", "authfsm.lease.retained", {"reason": "unsaved"})] == kept
+        later = [e for e in events.seen if e[1].startswith(("authfsm.store.", "authfsm.lease.re"))]
         assert [
-            ("warning", "authfsm.store.save_retry_failed", {"reason": "lease_timeout"}),
             ("warning", "authfsm.store.save_retry_failed", {"reason": "storage_unavailable"}),
             ("info", "authfsm.store.saved", {"fingerprint": engine.credentials.fingerprint}),
-        ] == [e for e in events.take() if e[1].startswith("authfsm.store.")]
+            ("info", "authfsm.lease.released", {}),
+        ] == later
 
 
 class TestSessionEvents:

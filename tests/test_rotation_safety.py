@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 
@@ -32,6 +33,7 @@ from authfsm import (
     AuthEngine,
     Credentials,
     EngineMisuse,
+    LeaseTimeout,
     Policy,
     ReauthRequired,
     RefreshFailed,
@@ -155,7 +157,8 @@ class TestFailedSave:
         assert (2, 0) == (server.token_calls, server.reuse_rejections)
 
     def test_a_newer_write_by_a_sibling_wins(self, file_store, endpoint, clock, server):
-        """A login after the failed save (a newer revision) is adopted, not overwritten."""
+        """A login after the failed save (a newer revision) is adopted, not overwritten: it
+        waits for the lease the unsaved engine keeps, and lands once its write did."""
         flaky = FlakyStore(file_store)
         engine = AuthEngine(flaky, endpoint, POLICY, clock=clock)
         engine.login(server.issue())
@@ -163,11 +166,50 @@ class TestFailedSave:
         flaky.fail_writes = True
         engine.access_token()
         fresh_login = server.issue()
-        AuthEngine(FileStore(file_store.path), endpoint, POLICY, clock=clock).login(fresh_login)
+        quick = attrs.evolve(POLICY, lease_timeout=timedelta(milliseconds=50))
+        sibling = AuthEngine(FileStore(file_store.path), endpoint, quick, clock=clock)
+        with pytest.raises(LeaseTimeout):
+            sibling.login(fresh_login)
+        flaky.fail_writes = False
         clock.advance(30)
-
-        assert fresh_login.access_token == engine.access_token()
         assert not engine.status().unsaved
+        sibling.login(fresh_login)
+
+        assert not engine.status().unsaved  # reads the store: the login's newer revision
+        assert fresh_login.access_token == engine.access_token()
+        assert (1, 0) == (server.token_calls, server.reuse_rejections)
+
+    def test_the_async_engine_keeps_the_lease_too(self, file_store, endpoint, clock, server):
+        """Across its calls, and across event loops (a second asyncio.run): the lease kept
+        under the first loop is let go of, and the next write takes it anew."""
+        flaky = FlakyStore(file_store)
+        engine = AsyncAuthEngine(flaky, endpoint, POLICY, clock=clock)
+        sibling = FileStore(file_store.path)
+
+        async def refresh_unsaved() -> str:
+            await engine.login(server.issue())
+            clock.advance(3600)
+            flaky.fail_writes = True
+            new = await engine.access_token()
+            assert (await engine.status()).unsaved
+            with pytest.raises(LeaseTimeout), sibling.lease(0.05):
+                pass
+            return new
+
+        async def heal() -> str:
+            flaky.fail_writes = False
+            clock.advance(30)
+            return await engine.access_token()
+
+        new = asyncio.run(refresh_unsaved())
+        with pytest.raises(LeaseTimeout), sibling.lease(0.05):
+            pass  # kept between the loops too
+        assert new == asyncio.run(heal())
+
+        assert new == stored(file_store).access_token
+        with sibling.lease(0.05):
+            pass
+        assert (1, 0) == (server.token_calls, server.reuse_rejections)
 
 
 class TestRecordMissing:

@@ -129,6 +129,10 @@ class AsyncAuthEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = 0
         self._guard = threading.Lock()
+        # The lease kept across calls while freshly minted tokens are not written (RetainLease),
+        # and one kept under an event loop that is gone (let go of by the next operation).
+        self._retained: list[contextlib.AbstractAsyncContextManager[None]] = []
+        self._orphaned: list[contextlib.AbstractAsyncContextManager[None]] = []
         # Operations whose caller was cancelled after their token call was sent: they finish.
         self._detached: set[asyncio.Task[Any]] = set()
         self.hot_until = -math.inf
@@ -297,6 +301,11 @@ class AsyncAuthEngine:
         if not self._started:
             await drive_async(self._core.start(), self._store, self._endpoint)
             self._started = True
+        while self._orphaned:
+            # Best effort: a Redis lease's client belonged to the old loop (its key then expires
+            # by its TTL); a file's lease is let go of here.
+            with contextlib.suppress(Exception):
+                await self._orphaned.pop().__aexit__(None, None, None)
 
     async def _run(self, operation: Callable[[EngineCore], Flow[T]]) -> T:
         """
@@ -330,7 +339,9 @@ class AsyncAuthEngine:
     ) -> T:
         async with self._flight:
             await self._start()
-            return await drive_async(operation(self._core), self._store, self._endpoint, commitment)
+            return await drive_async(
+                operation(self._core), self._store, self._endpoint, commitment, self._retained
+            )
 
     def _leave(self, _task: asyncio.Task[Any]) -> None:
         with self._guard:
@@ -353,6 +364,14 @@ class AsyncAuthEngine:
                 # A new loop (e.g. a second asyncio.run) while idle: the lock belongs to it now.
                 self._loop = loop
                 self._flight = asyncio.Lock()
+                bound = [lease for lease in self._retained if not isinstance(lease, poll_lease)]
+                if bound:
+                    # A lease kept under the old loop (an asyncio Redis client's) cannot be
+                    # relied on under this one: let it go; the next write of the unsaved
+                    # tokens takes the lease anew. A blocking store's lease stays held.
+                    self._orphaned.extend(bound)
+                    self._retained.clear()
+                    self._core.retained = False
             self._running += 1
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any, TypeVar
@@ -90,15 +90,31 @@ class _DeferredInterrupts(AbstractContextManager[None]):
             signal.raise_signal(signal.SIGINT)  # delivered now, to whatever handler was there
 
 
-def drive(flow: Flow[T], store: Store, endpoint: TokenEndpoint | None) -> T:
+def _rebind(retained: list[Any]) -> None:
+    """A lease retained by an earlier run, taken over by this thread (a lock file's lease)."""
+    for lease in retained:
+        rebind = getattr(lease, "rebind", None)
+        if rebind is not None:
+            rebind()
+
+
+def drive(
+    flow: Flow[T],
+    store: Store,
+    endpoint: TokenEndpoint | None,
+    retained: list[AbstractContextManager[None]] | None = None,
+) -> T:
     """
     Run ``flow`` to completion with blocking I/O.
 
     Every exception (KeyboardInterrupt included) is handed to the flow, whose ``finally`` blocks
     leave REFRESHING and give the lease back. Once the flow has sent a token call, Ctrl-C is
-    held back until the answer is written and the lease released, then delivered.
+    held back until the answer is written and the lease released, then delivered. ``retained``:
+    the engine's leases kept across runs (:class:`RetainLease`); this run may release them.
     """
     leases: list[AbstractContextManager[None]] = []
+    retained = [] if retained is None else retained
+    _rebind(retained)
     value: Any = None
     error: BaseException | None = None
     interrupts = _DeferredInterrupts()
@@ -113,7 +129,7 @@ def drive(flow: Flow[T], store: Store, endpoint: TokenEndpoint | None) -> T:
             if isinstance(effect, CallEndpoint):
                 interrupts.__enter__()
             try:
-                value = perform(effect, store, endpoint, leases)
+                value = perform(effect, store, endpoint, leases, retained)
             except BaseException as caught:  # noqa: BLE001 - handed to the flow, which decides
                 error = caught
     finally:
@@ -144,6 +160,7 @@ async def drive_async(
     store: AsyncStore,
     endpoint: AsyncTokenEndpoint | None,
     commitment: Commitment | None = None,
+    retained: list[contextlib.AbstractAsyncContextManager[None]] | None = None,
 ) -> T:
     """
     Run ``flow`` to completion with asyncio I/O.
@@ -151,9 +168,11 @@ async def drive_async(
     Before the token call, cancellation is thrown into the flow like any error, so its
     ``finally`` blocks release the lease and leave REFRESHING. From the token call on (noted in
     ``commitment``), a cancellation of this task is held back until the answer is written and
-    the lease released, then raised; the lease exits are always shielded.
+    the lease released, then raised; the lease exits are always shielded. ``retained``: as for
+    :func:`drive`.
     """
     leases: list[contextlib.AbstractAsyncContextManager[None]] = []
+    retained = [] if retained is None else retained
     value: Any = None
     error: BaseException | None = None
     held: list[bool] = []
@@ -173,7 +192,7 @@ async def drive_async(
                 if commitment is not None:
                     commitment.committed = True
             try:
-                operation = perform_async(effect, store, endpoint, leases)
+                operation = perform_async(effect, store, endpoint, leases, retained)
                 value = await (_despite_cancellation(operation, held) if committed else operation)
             except BaseException as caught:  # noqa: BLE001 - cancellation included
                 error = caught
@@ -182,30 +201,49 @@ async def drive_async(
             await asyncio.shield(leases.pop().__aexit__(None, None, None))
 
 
-@contextlib.asynccontextmanager
-async def poll_lease(store: Store, timeout: float, interval: float = 0.002) -> AsyncIterator[None]:
+class poll_lease(contextlib.AbstractAsyncContextManager[None]):  # noqa: N801 - used as a function
     """
     Take a blocking store's lease from asyncio without blocking the loop.
 
     Tries ``store.lease(0)`` (a non-blocking attempt) and sleeps between tries, so a cancelled
-    waiter never ends up holding the lease.
+    waiter never ends up holding the lease. A class, not an async generator: an event loop that
+    closes finalizes its async generators, and a lease the engine keeps across calls
+    (:class:`RetainLease`) must outlive ``asyncio.run``.
     """
-    deadline = time.monotonic() + max(timeout, 0.0)
-    while True:
-        lease = store.lease(0)
-        try:
-            lease.__enter__()
-        except LeaseTimeout:
-            if time.monotonic() >= deadline:
-                raise LeaseTimeout(
-                    f"The refresh lease of {store.location} was held for over {timeout:g} s.",
-                    reason="lease_timeout",
-                ) from None
-            await asyncio.sleep(interval)
-            interval = min(interval * 2, 0.05)
-            continue
-        try:
-            yield
-        finally:
-            lease.__exit__(None, None, None)
-        return
+
+    def __init__(self, store: Store, timeout: float, interval: float = 0.002) -> None:
+        self._store = store
+        self._timeout = timeout
+        self._interval = interval
+        self._held: AbstractContextManager[None] | None = None
+
+    async def __aenter__(self) -> None:
+        deadline = time.monotonic() + max(self._timeout, 0.0)
+        interval = self._interval
+        while True:
+            lease = self._store.lease(0)
+            try:
+                lease.__enter__()
+            except LeaseTimeout:
+                if time.monotonic() >= deadline:
+                    raise LeaseTimeout(
+                        f"The refresh lease of {self._store.location} was held for over "
+                        f"{self._timeout:g} s.",
+                        reason="lease_timeout",
+                    ) from None
+                await asyncio.sleep(interval)
+                interval = min(interval * 2, 0.05)
+                continue
+            self._held = lease
+            return
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
+
+    def rebind(self) -> None:
+        """See :meth:`authfsm.adapters.storage._file.LeaseHold.rebind`."""
+        rebind = getattr(self._held, "rebind", None)
+        if rebind is not None:
+            rebind()

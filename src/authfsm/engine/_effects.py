@@ -21,6 +21,7 @@ __all__ = [
     "POLL_INTERVAL",
     "READ",
     "RELEASE",
+    "RETAIN",
     "AcquireLease",
     "AwaitRelease",
     "CallEndpoint",
@@ -28,6 +29,7 @@ __all__ = [
     "Flow",
     "ReadStore",
     "ReleaseLease",
+    "RetainLease",
     "RevokeAtEndpoint",
     "WriteStore",
 ]
@@ -57,7 +59,18 @@ class AcquireLease:
 
 @attrs.frozen
 class ReleaseLease:
-    """Give the lease back."""
+    """Give the lease back (the one taken in this run, else the one the engine retained)."""
+
+
+@attrs.frozen
+class RetainLease:
+    """
+    Keep the lease taken in this run past its end, held for the engine (result: None).
+
+    An engine whose freshly minted tokens could not be written keeps the lease until a later
+    call writes them: a sibling that took it meanwhile would read the older record and spend
+    its refresh token, which the server has already rotated. A later run releases it.
+    """
 
 
 @attrs.frozen
@@ -93,6 +106,7 @@ Effect = (
     | WriteStore
     | AcquireLease
     | ReleaseLease
+    | RetainLease
     | AwaitRelease
     | CallEndpoint
     | RevokeAtEndpoint
@@ -101,6 +115,7 @@ Flow = Generator[Effect, Any, T]
 
 READ = ReadStore()
 RELEASE = ReleaseLease()
+RETAIN = RetainLease()
 
 #: How long a waiter sleeps between looks at a store that cannot wake it (no ``ReleaseWatch``).
 POLL_INTERVAL: float = 0.02

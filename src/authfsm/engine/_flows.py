@@ -26,6 +26,7 @@ from ._credentials import Credentials, Kind
 from ._effects import (
     READ,
     RELEASE,
+    RETAIN,
     AcquireLease,
     AwaitRelease,
     CallEndpoint,
@@ -166,6 +167,9 @@ class EngineCore:
         self.failures = 0
         self.failure: str | None = None
         self.unsaved: _Unsaved | None = None
+        # This engine kept the lease past the end of its last run (RetainLease): its freshly
+        # minted tokens are not written yet, and no sibling may spend the older stored ones.
+        self.retained = False
         # The highest record revision this engine has read or written: a store that later shows
         # a lower one has gone back in time (a failover to a replica that missed writes).
         self.high_water = 0
@@ -193,6 +197,7 @@ class EngineCore:
 
     def serve(self, *, force: bool) -> Flow[str]:
         """A token to send: refresh when due (always when ``force``), adopt what siblings wrote."""
+        yield from self._drop_needless_lease()
         for _ in range(_MAX_PASSES):
             now = self.clock()
             state = self.state
@@ -296,6 +301,7 @@ class EngineCore:
         return token
 
     def status(self, *, include_token: bool, refresh: bool) -> Flow[AuthStatus]:
+        yield from self._drop_needless_lease()
         try:
             if refresh:
                 yield from self.serve(force=False)
@@ -322,7 +328,7 @@ class EngineCore:
         """Store ``credentials`` under the lease; returns the credential it replaced, if any."""
         if not isinstance(credentials, Credentials):
             raise InvalidCredentials("login() takes a Credentials value")
-        yield AcquireLease(self._lease_timeout())
+        yield from self._take_lease(self._lease_timeout())
         unreplicated: StorageUnreplicated | None = None
         try:
             record = yield READ
@@ -333,8 +339,9 @@ class EngineCore:
                 self._saw((base or 0) + 1)
             except StorageUnreplicated as error:
                 unreplicated = error  # stored on the primary: kept, and written again later
+            self.unsaved = None  # replaced by the login's credential, which the store holds
         finally:
-            yield RELEASE
+            yield from self._give_back_lease()
         facts = observe(
             reference=credentials,
             candidate=credentials,
@@ -353,7 +360,7 @@ class EngineCore:
 
     def logout(self, *, revoke: bool) -> Flow[bool]:
         revoked: list[bool] = []
-        yield AcquireLease(self._lease_timeout())
+        yield from self._take_lease(self._lease_timeout())
         try:
             record = yield READ
             if revoke:
@@ -372,8 +379,9 @@ class EngineCore:
                         acknowledged=error.acknowledged,
                         required=error.required,
                     )
+            self.unsaved = None  # logged out: nothing of this engine's is left to write
         finally:
-            yield RELEASE
+            yield from self._give_back_lease()
         self.unsaved = None
         self.lifecycle.fire("logout", Facts(now=self.clock(), reason="logout"))
         self._take(None)
@@ -381,6 +389,7 @@ class EngineCore:
         return bool(revoked) and all(revoked)
 
     def reload(self, *, allow_identity_change: bool) -> Flow[State]:
+        yield from self._drop_needless_lease()
         record = yield READ
         if self._sync(record, reason="reload") or self._is_older_copy(record):
             return self.state  # an older copy of this engine's unsaved credential: nothing new
@@ -409,20 +418,23 @@ class EngineCore:
         # the lease, then sleeps until the leader's release (a store that cannot tell is
         # looked at once, below, as before).
         started = self.timer()
-        yield from self._await_release(min(self._lease_timeout(), _WATCH_SLICE), watch_only=True)
-        held = self.cred
-        record = yield READ
-        if self._sync(record, reason="before_lease"):
-            if self.cred is not held:
-                self._waited("adopted", started)
-            return
-        stored = self._stored(record)
-        if stored is not None:
-            early = self._facts(now=now, reason="before_lease", candidate=stored)
-            if not early.compatible:
-                self._refused()  # another identity: no lease, no call, no write
-        if not (yield from self._await_lease(started)):
-            return  # a sibling wrote while we waited: adopted, nothing to spend
+        if not self.retained:  # else this engine holds the lease already: nobody wrote since
+            yield from self._await_release(
+                min(self._lease_timeout(), _WATCH_SLICE), watch_only=True
+            )
+            held = self.cred
+            record = yield READ
+            if self._sync(record, reason="before_lease"):
+                if self.cred is not held:
+                    self._waited("adopted", started)
+                return
+            stored = self._stored(record)
+            if stored is not None:
+                early = self._facts(now=now, reason="before_lease", candidate=stored)
+                if not early.compatible:
+                    self._refused()  # another identity: no lease, no call, no write
+            if not (yield from self._await_lease(started)):
+                return  # a sibling wrote while we waited: adopted, nothing to spend
         try:
             record = yield READ
             if self._sync(record, reason="under_lease"):
@@ -462,7 +474,7 @@ class EngineCore:
                     self.lifecycle.fire("retry_later", Facts(now=now, reason="aborted"))
                     self._publish()
         finally:
-            yield RELEASE
+            yield from self._give_back_lease()
 
     def _answered(self, answer: object, duration: float) -> None:
         """Every grant sent, by outcome and duration (whatever the flow then does with it)."""
@@ -539,6 +551,36 @@ class EngineCore:
         """
         with contextlib.suppress(StorageUnavailable):
             yield AwaitRelease(timeout, watch_only=watch_only)
+
+    def _take_lease(self, timeout: float) -> Flow[None]:
+        """The lease, unless this engine kept it from an earlier run (then it holds it)."""
+        if not self.retained:
+            yield AcquireLease(timeout)
+
+    def _give_back_lease(self, *, keep: bool = True) -> Flow[None]:
+        """
+        Release the lease at the end of an operation, unless this engine holds tokens the store
+        does not (a refresh whose write failed): then keep it (:class:`RetainLease`) until a
+        later call writes them, so no sibling reads the older record and spends its refresh
+        token, which the server has rotated. Replicas that did not acknowledge a write are not
+        a reason: the store's primary holds the new tokens. ``keep=False``: the lease is not
+        worth keeping (a write under it was fenced).
+        """
+        if keep and self.unsaved is not None and not self.unsaved.unreplicated:
+            if not self.retained:
+                yield RETAIN
+                self.retained = True
+                self.log.emit("warning", "authfsm.lease.retained", reason=self.unsaved.failure)
+            return
+        yield RELEASE
+        if self.retained:
+            self.retained = False
+            self.log.emit("info", "authfsm.lease.released")
+
+    def _drop_needless_lease(self) -> Flow[None]:
+        """A kept lease whose reason went away meanwhile (a sibling's write was adopted)."""
+        if self.retained and (self.unsaved is None or self.unsaved.unreplicated):
+            yield from self._give_back_lease()
 
     def _waited(self, outcome: str, started: float) -> None:
         duration = round(self.timer() - started, 6)
@@ -658,11 +700,12 @@ class EngineCore:
         assert unsaved is not None
         assert cred is not None
         try:
-            yield AcquireLease(min(self._lease_timeout(), _SAVE_LEASE_WAIT))
+            yield from self._take_lease(min(self._lease_timeout(), _SAVE_LEASE_WAIT))
         except AuthError as error:
             self.log.emit("warning", "authfsm.store.save_retry_failed", reason=error.reason)
             self._mark_unsaved(unsaved.base, self.clock(), unreplicated=unsaved.unreplicated)
             return
+        keep = True
         try:
             record = yield READ
             if self._stored(record) is not cred and not self._unreplicated_copy(record):
@@ -673,6 +716,13 @@ class EngineCore:
         except StorageUnreplicated as error:
             self._unreplicated(error, cred)
             self._mark_unsaved(unsaved.base, self.clock(), unreplicated=True)
+        except WriteConflict as error:
+            # Written between the read and the write: the lease this engine kept was not
+            # exclusive any more (a Redis lease that expired during an outage). Give it back;
+            # the next retry takes it anew and judges what was written.
+            keep = False
+            self.log.emit("warning", "authfsm.store.save_retry_failed", reason=error.reason)
+            self._mark_unsaved(unsaved.base, self.clock(), unreplicated=unsaved.unreplicated)
         except AuthError as error:
             self.log.emit("warning", "authfsm.store.save_retry_failed", reason=error.reason)
             self._mark_unsaved(unsaved.base, self.clock(), unreplicated=unsaved.unreplicated)
@@ -683,7 +733,7 @@ class EngineCore:
             self._publish()
             self.log.emit("info", "authfsm.store.saved", fingerprint=cred.fingerprint)
         finally:
-            yield RELEASE
+            yield from self._give_back_lease(keep=keep)
 
     def _on_transient(
         self,

@@ -20,6 +20,7 @@ from ._effects import (
     Effect,
     ReadStore,
     ReleaseLease,
+    RetainLease,
     WriteStore,
 )
 from ._perform_hooks import shielded_async, sleep_async
@@ -33,12 +34,15 @@ async def perform_async(
     store: AsyncStore,
     endpoint: AsyncTokenEndpoint | None,
     leases: list[contextlib.AbstractAsyncContextManager[None]],
+    retained: list[contextlib.AbstractAsyncContextManager[None]],
 ) -> Any:
     """
     Perform ``effect``; its result is sent back into the flow (its exception thrown in).
 
-    A held lease is pushed on ``leases`` and popped by the effect that releases it. An endpoint
-    that raises instead of classifying its answer has failed for now (a transient failure).
+    A lease taken is pushed on ``leases`` (this run's) and popped by the effect that releases
+    it; one the flow retains moves to ``retained`` (the engine's, kept across runs), and is
+    released from there once no lease of the run is left. An endpoint that raises instead of
+    classifying its answer has failed for now (a transient failure).
     """
     if isinstance(effect, ReadStore):
         return await store.read()
@@ -50,7 +54,12 @@ async def perform_async(
         leases.append(lease)
         return None
     if isinstance(effect, ReleaseLease):
-        await shielded_async(leases.pop().__aexit__(None, None, None))
+        held = leases if leases else retained
+        if held:  # none: a kept lease the engine let go of already (a new event loop)
+            await shielded_async(held.pop().__aexit__(None, None, None))
+        return None
+    if isinstance(effect, RetainLease):
+        retained.append(leases.pop())
         return None
     if isinstance(effect, AwaitRelease):
         if isinstance(store, AsyncReleaseWatch):

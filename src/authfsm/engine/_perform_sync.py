@@ -22,6 +22,7 @@ from ._effects import (
     Effect,
     ReadStore,
     ReleaseLease,
+    RetainLease,
     WriteStore,
 )
 from ._perform_hooks import shielded, sleep
@@ -35,12 +36,15 @@ def perform(
     store: Store,
     endpoint: TokenEndpoint | None,
     leases: list[contextlib.AbstractContextManager[None]],
+    retained: list[contextlib.AbstractContextManager[None]],
 ) -> Any:
     """
     Perform ``effect``; its result is sent back into the flow (its exception thrown in).
 
-    A held lease is pushed on ``leases`` and popped by the effect that releases it. An endpoint
-    that raises instead of classifying its answer has failed for now (a transient failure).
+    A lease taken is pushed on ``leases`` (this run's) and popped by the effect that releases
+    it; one the flow retains moves to ``retained`` (the engine's, kept across runs), and is
+    released from there once no lease of the run is left. An endpoint that raises instead of
+    classifying its answer has failed for now (a transient failure).
     """
     if isinstance(effect, ReadStore):
         return store.read()
@@ -52,7 +56,12 @@ def perform(
         leases.append(lease)
         return None
     if isinstance(effect, ReleaseLease):
-        shielded(leases.pop().__exit__(None, None, None))
+        held = leases if leases else retained
+        if held:  # none: a kept lease the engine let go of already (a new event loop)
+            shielded(held.pop().__exit__(None, None, None))
+        return None
+    if isinstance(effect, RetainLease):
+        retained.append(leases.pop())
         return None
     if isinstance(effect, AwaitRelease):
         if isinstance(store, ReleaseWatch):

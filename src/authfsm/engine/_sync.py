@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..states import State
@@ -74,6 +75,8 @@ class AuthEngine:
         self._clock = clock
         self._issuer: IssuerSetup | None = None
         self._flight = threading.RLock()
+        # The lease kept across calls while freshly minted tokens are not written (RetainLease).
+        self._retained: list[AbstractContextManager[None]] = []
         self.hot_until = -math.inf
         self.hot_token = ""
         self._core = EngineCore(
@@ -273,7 +276,7 @@ class AuthEngine:
 
     def _run(self, flow: Flow[T]) -> T:
         with self._flight:
-            return drive(flow, self._store, self._endpoint)
+            return drive(flow, self._store, self._endpoint, self._retained)
 
     def __repr__(self) -> str:
         return f"<AuthEngine state={self.state.name} store={self._store.location!r}>"

@@ -25,9 +25,10 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import filelock
 
@@ -68,27 +69,39 @@ class LockFileLease:
     - a ``threading.Lock`` of this object, which is not re-entrant: engines of one event loop
       share a thread (``AsyncAuthEngine`` polls ``lease(0)``) and often one store object, and
       must still exclude each other, or two of them spend one refresh token;
-    - the OS lock on ``lock_file`` (``filelock``), which excludes other store objects, threads
-      and processes, and which the OS frees when its holder dies.
+    - the OS lock on ``lock_file`` (``filelock``), which excludes other store objects and
+      processes, and which the OS frees when its holder dies.
 
-    :meth:`hold` is the lease (both locks). :meth:`guard` is the OS lock alone, re-entrant for
-    its thread: the store's own ``write()``/``delete()`` (and confirming reads) take it, so they
-    work inside a held lease and still exclude other threads and processes without it.
+    :meth:`lease` is the lease (both locks), held by one thread: the one that took it, or the
+    one that took it over (:meth:`LeaseHold.rebind`: an engine keeps the lease across calls
+    while its freshly minted tokens are not written yet, and its next call may come from
+    another thread). :meth:`guard` is what the store's own ``write()``/``delete()`` (and
+    confirming reads) take: nothing more for the holding thread, both locks for any other, so
+    they work inside a held lease and still exclude other threads and processes without it.
     """
 
     def __init__(self, lock_file: Path, *, poll_interval: float) -> None:
         self._lock_file = lock_file
         self._holder = threading.Lock()
-        self._os_lock = filelock.FileLock(lock_file, mode=0o600, poll_interval=poll_interval)
+        # Not thread-local: the lease may be released by another thread than the one that took
+        # it (see above); this object's threading lock keeps the threads apart.
+        self._os_lock = filelock.FileLock(
+            lock_file, mode=0o600, poll_interval=poll_interval, thread_local=False
+        )
         self._watch = LockFileWatch(lock_file)
+        self._owner: int | None = None  # the thread holding the lease
 
     @property
     def lock_file(self) -> Path:
         return self._lock_file
 
+    def lease(self, timeout: float, *, before: Callable[[], None] | None = None) -> LeaseHold:
+        """The lease; ``LeaseTimeout`` when it stays held (by anyone) for ``timeout`` seconds."""
+        return LeaseHold(self, timeout, before)
+
     @contextmanager
     def hold(self, timeout: float) -> Iterator[None]:
-        """The lease; ``LeaseTimeout`` when it stays held (by anyone) for ``timeout`` seconds."""
+        """:meth:`lease` as a plain context manager, held by the calling thread."""
         deadline = time.monotonic() + timeout
         if not self._holder.acquire(timeout=timeout if timeout >= 0 else -1):
             raise self._timeout(timeout)
@@ -99,9 +112,17 @@ class LockFileLease:
                 raise self._timeout(timeout)
             left = max(deadline - time.monotonic(), 0.0) if timeout >= 0 else timeout
             with self._locked(left, timeout):
-                yield
+                self._owner = threading.get_ident()
+                try:
+                    yield
+                finally:
+                    self._owner = None
         finally:
             self._holder.release()
+
+    def rebind(self) -> None:
+        """The calling thread holds the lease from now on (it must be held)."""
+        self._owner = threading.get_ident()
 
     def wait_for_release(self, timeout: float) -> None:
         """Sleep until no one holds the OS lock (or ``timeout``): see :class:`LockFileWatch`."""
@@ -112,9 +133,17 @@ class LockFileLease:
 
     @contextmanager
     def guard(self, timeout: float) -> Iterator[None]:
-        """The OS lock alone: re-entrant for the thread that holds it (or holds the lease)."""
-        with self._locked(timeout, timeout):
+        """Exclusion for one store operation: already had by the lease's thread (see above)."""
+        if self._owner == threading.get_ident():
             yield
+            return
+        if not self._holder.acquire(timeout=timeout if timeout >= 0 else -1):
+            raise self._timeout(timeout)
+        try:
+            with self._locked(timeout, timeout):
+                yield
+        finally:
+            self._holder.release()
 
     @contextmanager
     def _locked(self, wait: float, timeout: float) -> Iterator[None]:
@@ -143,6 +172,39 @@ class LockFileLease:
             f"The refresh lease {self._lock_file} was held for over {timeout:g} s.",
             reason="lease_timeout",
         )
+
+
+class LeaseHold(AbstractContextManager[None]):
+    """
+    One taking of a :class:`LockFileLease`. ``before`` runs first (it may raise, e.g. a folder
+    that cannot be made). Dropped while held (an engine that kept it, collected), it is released:
+    the generator underneath is closed, which runs its ``finally``.
+    """
+
+    def __init__(
+        self, lease: LockFileLease, timeout: float, before: Callable[[], None] | None
+    ) -> None:
+        self._lease = lease
+        self._timeout = timeout
+        self._before = before
+        self._held: AbstractContextManager[None] | None = None
+
+    def __enter__(self) -> None:
+        if self._before is not None:
+            self._before()
+        held = self._lease.hold(self._timeout)
+        held.__enter__()
+        self._held = held
+
+    def __exit__(self, *exc_info: Any) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(*exc_info)
+
+    def rebind(self) -> None:
+        """Taken over by the calling thread (see :meth:`LockFileLease.rebind`)."""
+        if self._held is not None:
+            self._lease.rebind()
 
 
 def resolve_link(path: Path) -> Path:
@@ -325,17 +387,17 @@ class FileStore:
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
 
-    @contextmanager
-    def lease(self, timeout: float) -> Iterator[None]:
+    def lease(self, timeout: float) -> AbstractContextManager[None]:
         """Exclusive to one holder at a time, in this process and across processes."""
+        return self._lease.lease(timeout, before=self._lock_folder)
+
+    def _lock_folder(self) -> None:
         try:
             self._parent()
         except OSError as error:
             raise StorageUnavailable(
                 f"Cannot lock {self._lease.lock_file}: {error.strerror}."
             ) from None
-        with self._lease.hold(timeout):
-            yield
 
     def wait_for_release(self, timeout: float) -> None:
         """

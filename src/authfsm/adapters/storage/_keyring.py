@@ -28,8 +28,7 @@ import hashlib
 import importlib
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
 
@@ -244,11 +243,9 @@ class KeyringStore:
                 if self._fetch() is not None:
                     raise self._unavailable("delete", error) from None
 
-    @contextmanager
-    def lease(self, timeout: float) -> Iterator[None]:
+    def lease(self, timeout: float) -> AbstractContextManager[None]:
         """Exclusive to one holder at a time, in this process and across processes."""
-        with self._lease.hold(timeout):
-            yield
+        return self._lease.lease(timeout)
 
     def wait_for_release(self, timeout: float) -> None:
         """Sleep until the lease is free, at most ``timeout`` seconds (``ReleaseWatch``)."""
