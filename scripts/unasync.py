@@ -51,9 +51,8 @@ LINES = [
         "What each effect means for a blocking store and endpoint: one call per kind of effect.",
     ),
     (
-        r"from \._ports_async import AsyncReleaseWatch, AsyncStore, AsyncTokenEndpoint, "
-        r"TransientFailure",
-        "from ._ports import ReleaseWatch, Store, TokenEndpoint, TransientFailure",
+        r"from \._ports_async import AsyncStore, AsyncTokenEndpoint, TransientFailure",
+        "from ._ports import Store, TokenEndpoint, TransientFailure",
     ),
     (
         r"    Concurrency: coroutine methods; each held lease is renewed by a task; "
