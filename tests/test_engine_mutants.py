@@ -218,6 +218,26 @@ class TestUnsavedRetry:
             pass
         assert (1, 0) == (server.token_calls, server.reuse_rejections)
 
+    def test_a_newer_record_written_past_the_lease_ends_the_keeping(
+        self, file_store, endpoint, clock, server
+    ):
+        """Catches a kept lease that outlives its reason: a program that ignores the lease (Codex
+        rewriting its auth.json) logs in anew; the engine adopts that newer record, which
+        supersedes its unsaved tokens, and gives the lease back in the same call."""
+        _, engine, _, _ = _unsaved_refresh(file_store, endpoint, clock, server)
+        fresh = server.issue()
+        current = stored_record(file_store)
+        file_store._replace(  # the atomic rename, without the lock
+            file_store.codec.encode(Record(credential=fresh, revision=current.revision + 1))
+        )
+
+        status = engine.status()
+
+        assert (False, fresh.fingerprint) == (status.unsaved, status.fingerprint)
+        with FileStore(file_store.path).lease(0.05):
+            pass
+        assert fresh.access_token == engine.access_token()
+
     def test_an_engine_dropped_while_keeping_the_lease_gives_it_back(
         self, file_store, endpoint, clock, server
     ):

@@ -198,6 +198,12 @@ class EngineCore:
     def serve(self, *, force: bool) -> Flow[str]:
         """A token to send: refresh when due (always when ``force``), adopt what siblings wrote."""
         yield from self._drop_needless_lease()
+        try:
+            return (yield from self._serve(force=force))
+        finally:
+            yield from self._drop_needless_lease()
+
+    def _serve(self, *, force: bool) -> Flow[str]:
         for _ in range(_MAX_PASSES):
             now = self.clock()
             state = self.state
@@ -303,6 +309,13 @@ class EngineCore:
     def status(self, *, include_token: bool, refresh: bool) -> Flow[AuthStatus]:
         yield from self._drop_needless_lease()
         try:
+            yield from self._status(refresh=refresh)
+        finally:
+            yield from self._drop_needless_lease()
+        return self.snapshot(include_token)
+
+    def _status(self, *, refresh: bool) -> Flow[None]:
+        try:
             if refresh:
                 yield from self.serve(force=False)
             else:
@@ -322,7 +335,6 @@ class EngineCore:
                 self.failure = None
                 self.failures = 0
                 self.retry_at = -math.inf
-        return self.snapshot(include_token)
 
     def login(self, credentials: Credentials) -> Flow[Credentials | None]:
         """Store ``credentials`` under the lease; returns the credential it replaced, if any."""
@@ -390,6 +402,12 @@ class EngineCore:
 
     def reload(self, *, allow_identity_change: bool) -> Flow[State]:
         yield from self._drop_needless_lease()
+        try:
+            return (yield from self._reload(allow_identity_change=allow_identity_change))
+        finally:
+            yield from self._drop_needless_lease()
+
+    def _reload(self, *, allow_identity_change: bool) -> Flow[State]:
         record = yield READ
         if self._sync(record, reason="reload") or self._is_older_copy(record):
             return self.state  # an older copy of this engine's unsaved credential: nothing new
@@ -578,7 +596,11 @@ class EngineCore:
             self.log.emit("info", "authfsm.lease.released")
 
     def _drop_needless_lease(self) -> Flow[None]:
-        """A kept lease whose reason went away meanwhile (a sibling's write was adopted)."""
+        """
+        A kept lease whose reason went away: the unsaved tokens were superseded by a newer
+        record that was adopted (written by a program that ignores the lease, such as Codex
+        rewriting its auth.json). Looked at when an operation starts and when it ends.
+        """
         if self.retained and (self.unsaved is None or self.unsaved.unreplicated):
             yield from self._give_back_lease()
 
