@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from ..states import Facts, State
 from ._core import minted, observe
@@ -54,6 +54,8 @@ from ._record import Backoff, Poison, Record
 from ._status import AuthStatus
 
 __all__ = ["CLIENT_ERROR_CODES", "EngineCore"]
+
+T = TypeVar("T")
 
 #: Permanent codes that blame this process's client configuration, not the credential.
 CLIENT_ERROR_CODES: Final = frozenset({"invalid_client", "unauthorized_client"})
@@ -197,11 +199,7 @@ class EngineCore:
 
     def serve(self, *, force: bool) -> Flow[str]:
         """A token to send: refresh when due (always when ``force``), adopt what siblings wrote."""
-        yield from self._drop_needless_lease()
-        try:
-            return (yield from self._serve(force=force))
-        finally:
-            yield from self._drop_needless_lease()
+        return (yield from self._tidy_lease(self._serve(force=force)))
 
     def _serve(self, *, force: bool) -> Flow[str]:
         for _ in range(_MAX_PASSES):
@@ -307,11 +305,7 @@ class EngineCore:
         return token
 
     def status(self, *, include_token: bool, refresh: bool) -> Flow[AuthStatus]:
-        yield from self._drop_needless_lease()
-        try:
-            yield from self._status(refresh=refresh)
-        finally:
-            yield from self._drop_needless_lease()
+        yield from self._tidy_lease(self._status(refresh=refresh))
         return self.snapshot(include_token)
 
     def _status(self, *, refresh: bool) -> Flow[None]:
@@ -401,11 +395,9 @@ class EngineCore:
         return bool(revoked) and all(revoked)
 
     def reload(self, *, allow_identity_change: bool) -> Flow[State]:
-        yield from self._drop_needless_lease()
-        try:
-            return (yield from self._reload(allow_identity_change=allow_identity_change))
-        finally:
-            yield from self._drop_needless_lease()
+        return (
+            yield from self._tidy_lease(self._reload(allow_identity_change=allow_identity_change))
+        )
 
     def _reload(self, *, allow_identity_change: bool) -> Flow[State]:
         record = yield READ
@@ -431,28 +423,9 @@ class EngineCore:
         token is itself what a recovery obtained moments ago, nothing is spent: the server
         rejects it for another reason than its age, and a refresh would not help.
         """
-        # A refresh under way elsewhere is waited for first, before anything is read: at the
-        # start of a storm each follower costs the leader (and the IdP beside it) one look at
-        # the lease, then sleeps until the leader's release (a store that cannot tell is
-        # looked at once, below, as before).
-        started = self.timer()
-        if not self.retained:  # else this engine holds the lease already: nobody wrote since
-            yield from self._await_release(
-                min(self._lease_timeout(), _WATCH_SLICE), watch_only=True
-            )
-            held = self.cred
-            record = yield READ
-            if self._sync(record, reason="before_lease"):
-                if self.cred is not held:
-                    self._waited("adopted", started)
-                return
-            stored = self._stored(record)
-            if stored is not None:
-                early = self._facts(now=now, reason="before_lease", candidate=stored)
-                if not early.compatible:
-                    self._refused()  # another identity: no lease, no call, no write
-            if not (yield from self._await_lease(started)):
-                return  # a sibling wrote while we waited: adopted, nothing to spend
+        # A lease this engine kept from an earlier run is held already: nobody wrote since.
+        if not self.retained and not (yield from self._reach_lease(now)):
+            return
         try:
             record = yield READ
             if self._sync(record, reason="under_lease"):
@@ -493,6 +466,30 @@ class EngineCore:
                     self._publish()
         finally:
             yield from self._give_back_lease()
+
+    def _reach_lease(self, now: float) -> Flow[bool]:
+        """
+        Take the lease for a refresh; False when there is nothing to spend any more (a sibling's
+        write was adopted before or while waiting for it).
+        """
+        # A refresh under way elsewhere is waited for first, before anything is read: at the
+        # start of a storm each follower costs the leader (and the IdP beside it) one look at
+        # the lease, then sleeps until the leader's release (a store that cannot tell is
+        # looked at once, below, as before).
+        started = self.timer()
+        yield from self._await_release(min(self._lease_timeout(), _WATCH_SLICE), watch_only=True)
+        held = self.cred
+        record = yield READ
+        if self._sync(record, reason="before_lease"):
+            if self.cred is not held:
+                self._waited("adopted", started)
+            return False
+        stored = self._stored(record)
+        if stored is not None:
+            early = self._facts(now=now, reason="before_lease", candidate=stored)
+            if not early.compatible:
+                self._refused()  # another identity: no lease, no call, no write
+        return (yield from self._await_lease(started))
 
     def _answered(self, answer: object, duration: float) -> None:
         """Every grant sent, by outcome and duration (whatever the flow then does with it)."""
@@ -595,12 +592,19 @@ class EngineCore:
             self.retained = False
             self.log.emit("info", "authfsm.lease.released")
 
+    def _tidy_lease(self, flow: Flow[T]) -> Flow[T]:
+        """
+        Run ``flow``, giving back a kept lease whose reason went away, before and after it: the
+        unsaved tokens were superseded by a newer record that was adopted (written by a program
+        that ignores the lease, such as Codex rewriting its auth.json).
+        """
+        yield from self._drop_needless_lease()
+        try:
+            return (yield from flow)
+        finally:
+            yield from self._drop_needless_lease()
+
     def _drop_needless_lease(self) -> Flow[None]:
-        """
-        A kept lease whose reason went away: the unsaved tokens were superseded by a newer
-        record that was adopted (written by a program that ignores the lease, such as Codex
-        rewriting its auth.json). Looked at when an operation starts and when it ends.
-        """
         if self.retained and (self.unsaved is None or self.unsaved.unreplicated):
             yield from self._give_back_lease()
 
