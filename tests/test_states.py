@@ -7,6 +7,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from transitions import Machine
 
 from authfsm import IllegalTransition
 from authfsm.engine import Lifecycle
@@ -123,6 +124,41 @@ class TestLifecycle:
             assert [(trigger, state, winner["dest"])] == [
                 (t.trigger, t.source, t.dest) for t in seen
             ]
+
+    @given(state=st.sampled_from(State), trigger=st.sampled_from(TRIGGERS), facts=facts_strategy)
+    def test_agrees_with_the_transitions_machine(self, state, trigger, facts):
+        """
+        The Lifecycle runs the rows the machine compiled itself (it is faster than the machine's
+        events): on every pair and any facts, ``transitions.Machine`` firing the same table on
+        its own model moves to the same state, or refuses the same way.
+        """
+
+        class Model:
+            state: State
+
+        model = Model()
+        for name, guard in GUARDS.items():
+            setattr(model, name, lambda event, guard=guard: guard(event.kwargs["facts"]))
+        machine = Machine(
+            model=model,
+            states=State,
+            transitions=TRANSITIONS,
+            initial=state,
+            auto_transitions=False,
+            send_event=True,
+        )
+        seen = []
+        life = Lifecycle(state, on_transition=seen.append)
+
+        if trigger not in machine.get_triggers(state):
+            with pytest.raises(IllegalTransition):
+                life.fire(trigger, facts)
+            return
+        expected = machine.events[trigger].trigger(model, facts=facts)
+        assert (expected, model.state) == (life.fire(trigger, facts), life.state)
+        assert ([(trigger, state, model.state)] if expected else []) == [
+            (t.trigger, t.source, t.dest) for t in seen
+        ]
 
     def test_illegal_trigger_names_both(self):
         """An illegal pair raises an error naming the trigger and the state."""

@@ -1,23 +1,27 @@
 """
-One engine's state machine: the table of :mod:`authfsm.states` run by ``transitions.Machine``.
+One engine's state machine: the table of :mod:`authfsm.states`, compiled by ``transitions.Machine``.
 
-The machine's callbacks are pure (guards judge :class:`~authfsm.states.Facts`); the only side
-effect is the ``on_transition`` report the engine logs. Nothing here does I/O or locking: the
-engine serialises calls.
+The machine's guards are pure (they judge :class:`~authfsm.states.Facts`); the only side effect
+is the ``on_transition`` report the engine logs. Nothing here does I/O or locking: the engine
+serialises calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 from transitions import EventData, Machine
+from transitions.core import Transition as MachineTransition
 
 from ..states import GUARDS, TRANSITIONS, Facts, State
 from ._errors import IllegalTransition
 
 __all__ = ["Lifecycle", "Transition"]
+
+#: One row of the machine for one (state, trigger): its guards (with whether each must pass) and
+#: its destination.
+_Row = tuple[tuple[tuple[Callable[[Facts], bool], bool], ...], State]
 
 
 @attrs.frozen(kw_only=True)
@@ -36,6 +40,18 @@ def _guard(fn: Callable[[Facts], bool]) -> Callable[[EventData], bool]:
         return fn(facts)
 
     return check
+
+
+def _compiled(row: MachineTransition) -> _Row:
+    """One row as the machine holds it: its guards (by function) and its destination."""
+    guards = tuple(
+        (GUARDS[name], bool(condition.target))
+        for condition in row.conditions
+        for name in _names(condition.func)
+    )
+    if row.dest is None:
+        raise TypeError("table rows must name a destination (no internal transitions)")
+    return guards, State[row.dest]
 
 
 def _names(guards: object) -> list[str]:
@@ -73,20 +89,17 @@ class Lifecycle:
             auto_transitions=False,
             send_event=True,
             model_attribute="state",
-            after_state_change=self._report,
         )
+        # What the machine compiled from the table, per (state, trigger): its rows in order,
+        # each with its guards (the function, and True for a condition, False for an unless) and
+        # its destination. ``fire`` runs them itself (see there).
+        self._rows: dict[tuple[State, str], tuple[_Row, ...]] = {}
+        for trigger, event in self._machine.events.items():
+            for source, rows in event.transitions.items():
+                self._rows[(State[source], trigger)] = tuple(_compiled(row) for row in rows)
         self._allowed: dict[State, frozenset[str]] = {
             s: frozenset(self._machine.get_triggers(s)) for s in State
         }
-        # The guards of every row per (state, trigger), to skip the machine when none can pass.
-        self._rows: dict[tuple[State, str], list[tuple[list[str], list[str]]]] = {}
-        for row in TRANSITIONS:
-            source = row["source"]
-            for state in source if isinstance(source, list) else [source]:
-                assert isinstance(state, State)
-                self._rows.setdefault((state, row["trigger"]), []).append(
-                    (_names(row.get("conditions")), _names(row.get("unless")))
-                )
 
     def allows(self, trigger: str) -> bool:
         """The table declares ``trigger`` for the current state (guards not consulted)."""
@@ -94,35 +107,36 @@ class Lifecycle:
 
     def fire(self, trigger: str, facts: Facts) -> bool:
         """Fire ``trigger``; True if a row's guards passed and the state moved (or re-entered)."""
-        if not self.allows(trigger):
+        rows = self._rows.get((self.state, trigger))
+        if rows is None:
             raise IllegalTransition(trigger, self.state.name)
-        result: Any = self._machine.events[trigger].trigger(self, facts=facts)
-        return bool(result)
+        return self._run(trigger, rows, facts)
 
     def attempt(self, trigger: str, facts: Facts) -> bool:
         """
         Like :meth:`fire`, but an undeclared pair is just a refusal.
 
-        The engine probes the store's news with several triggers in turn; most probes are
-        refused, so the guards are checked here first (they are pure) and the machine is only
-        run when a row can pass. The machine stays the judge of which row wins.
+        The engine probes the store's news with several triggers in turn; most are refused.
         """
         rows = self._rows.get((self.state, trigger))
-        if not rows or not any(
-            all(GUARDS[g](facts) for g in conditions) and not any(GUARDS[g](facts) for g in unless)
-            for conditions, unless in rows
-        ):
-            return False
-        return self.fire(trigger, facts)
+        return rows is not None and self._run(trigger, rows, facts)
 
-    def _report(self, event: EventData) -> None:
-        if self._on_transition is None or event.transition is None:
-            return
-        self._on_transition(
-            Transition(
-                trigger=event.event.name if event.event else "?",
-                source=State[str(event.transition.source)],
-                dest=State[str(event.transition.dest)],
-                facts=event.kwargs["facts"],
-            )
-        )
+    def _run(self, trigger: str, rows: tuple[_Row, ...], facts: Facts) -> bool:
+        """
+        The machine's rule, on the machine's rows: the first row whose conditions all pass and
+        whose unless-guards all fail wins; its destination becomes the state (a row back to the
+        same state counts, and is reported), and the transition is reported. Run here rather
+        than through ``Machine`` events: with no callbacks besides the report, the machine's
+        event objects and callback lookups were most of what a follower of a refresh spent to
+        adopt a sibling's write (tests/test_states.py checks both agree on every pair).
+        """
+        source = self.state
+        for guards, dest in rows:
+            if all(guard(facts) is wanted for guard, wanted in guards):
+                self.state = dest
+                if self._on_transition is not None:
+                    self._on_transition(
+                        Transition(trigger=trigger, source=source, dest=dest, facts=facts)
+                    )
+                return True
+        return False
