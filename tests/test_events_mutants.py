@@ -243,11 +243,11 @@ class TestAdoptionEvents:
         new = sibling.credentials.fingerprint
         assert [
             transition("fresh", "stale", "expire", "due", creds.fingerprint),
-            transition("stale", "reloaded", "adopt", "before_lease", new),
+            transition("stale", "reloaded", "adopt", "under_lease", new),
             (
                 "info",
                 "authfsm.refresh.adopted",
-                {"fingerprint": new, "from_state": "stale", "reason": "before_lease"},
+                {"fingerprint": new, "from_state": "stale", "reason": "under_lease"},
             ),
         ] == events.take()
 

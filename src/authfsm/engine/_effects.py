@@ -80,11 +80,9 @@ class AwaitRelease:
 
     A store that implements :class:`~authfsm.engine.ReleaseWatch` wakes the waiter at once; any
     other store is looked at again after :data:`POLL_INTERVAL` (or ``timeout``, if shorter).
-    With ``watch_only``, a store that cannot tell is not waited for at all (result at once).
     """
 
     timeout: float
-    watch_only: bool = False
 
 
 @attrs.frozen

@@ -424,7 +424,7 @@ class EngineCore:
         rejects it for another reason than its age, and a refresh would not help.
         """
         # A lease this engine kept from an earlier run is held already: nobody wrote since.
-        if not self.retained and not (yield from self._reach_lease(now)):
+        if not self.retained and not (yield from self._reach_lease()):
             return
         try:
             record = yield READ
@@ -467,28 +467,31 @@ class EngineCore:
         finally:
             yield from self._give_back_lease()
 
-    def _reach_lease(self, now: float) -> Flow[bool]:
+    def _reach_lease(self) -> Flow[bool]:
         """
         Take the lease for a refresh; False when there is nothing to spend any more (a sibling's
-        write was adopted before or while waiting for it).
+        write was adopted while waiting for it).
+
+        The lease is tried before the store is read, as the first thing: at the start of a
+        storm the first engine to try is the leader at once, and every other one costs it one
+        look at the lease before it sleeps until the release (reading first cost every one of
+        them a read and a judgement more, taken from the leader's CPU or its store's queue).
+        What the store holds is read under the lease (``_guarded_refresh``), where a sibling's
+        write, or another identity, is found as before (an engine refused for another identity
+        reads first, without the lease, as long as the refusal lasts).
         """
-        # A refresh under way elsewhere is waited for first, before anything is read: at the
-        # start of a storm each follower costs the leader (and the IdP beside it) one look at
-        # the lease, then sleeps until the leader's release (a store that cannot tell is
-        # looked at once, below, as before).
         started = self.timer()
-        yield from self._await_release(min(self._lease_timeout(), _WATCH_SLICE), watch_only=True)
-        held = self.cred
-        record = yield READ
-        if self._sync(record, reason="before_lease"):
-            if self.cred is not held:
-                self._waited("adopted", started)
-            return False
-        stored = self._stored(record)
-        if stored is not None:
-            early = self._facts(now=now, reason="before_lease", candidate=stored)
-            if not early.compatible:
-                self._refused()  # another identity: no lease, no call, no write
+        if self.failure == "account_mismatch":
+            # Refused before: the store holds another identity, and most likely still does.
+            # Look at it first, so that a refusal repeated on every call costs no lease.
+            record = yield READ
+            if self._sync(record, reason="before_lease"):
+                return False
+            stored = self._stored(record)
+            if stored is not None:
+                facts = self._facts(now=self.clock(), reason="before_lease", candidate=stored)
+                if not facts.compatible:
+                    self._refused()
         return (yield from self._await_lease(started))
 
     def _answered(self, answer: object, duration: float) -> None:
@@ -558,14 +561,14 @@ class EngineCore:
             retry_at=self.retry_at,
         )
 
-    def _await_release(self, timeout: float, *, watch_only: bool = False) -> Flow[None]:
+    def _await_release(self, timeout: float) -> Flow[None]:
         """
         Sleep until the lease is given back (see :class:`AwaitRelease`). A watch that fails (a
         subscription to a server that went away) only skips the wait: the read that follows
         reaches the store, or says why not.
         """
         with contextlib.suppress(StorageUnavailable):
-            yield AwaitRelease(timeout, watch_only=watch_only)
+            yield AwaitRelease(timeout)
 
     def _take_lease(self, timeout: float) -> Flow[None]:
         """The lease, unless this engine kept it from an earlier run (then it holds it)."""

@@ -67,7 +67,7 @@ async def perform_async(
         wait_for_release = getattr(store, "wait_for_release", None)
         if wait_for_release is not None:
             await wait_for_release(effect.timeout)
-        elif not effect.watch_only:
+        else:
             await sleep_async(max(min(effect.timeout, POLL_INTERVAL), 0.0))
         return None
     if isinstance(effect, CallEndpoint):

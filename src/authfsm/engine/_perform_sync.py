@@ -69,7 +69,7 @@ def perform(
         wait_for_release = getattr(store, "wait_for_release", None)
         if wait_for_release is not None:
             wait_for_release(effect.timeout)
-        elif not effect.watch_only:
+        else:
             sleep(max(min(effect.timeout, POLL_INTERVAL), 0.0))
         return None
     if isinstance(effect, CallEndpoint):

@@ -100,8 +100,11 @@ class LockFileLease:
         return LeaseHold(self, timeout, before)
 
     @contextmanager
-    def hold(self, timeout: float) -> Iterator[None]:
-        """:meth:`lease` as a plain context manager, held by the calling thread."""
+    def hold(self, timeout: float, *, before: Callable[[], None] | None = None) -> Iterator[None]:
+        """
+        :meth:`lease` as a plain context manager, held by the calling thread. ``before`` runs
+        once the lease is worth taking (after the look that answers a try that cannot wait).
+        """
         deadline = time.monotonic() + timeout
         if not self._holder.acquire(timeout=timeout if timeout >= 0 else -1):
             raise self._timeout(timeout)
@@ -110,6 +113,8 @@ class LockFileLease:
                 # One look (a non-blocking shared lock) answers a try that cannot wait: the
                 # followers of a refresh all try once, at the same instant, before they sleep.
                 raise self._timeout(timeout)
+            if before is not None:
+                before()
             left = max(deadline - time.monotonic(), 0.0) if timeout >= 0 else timeout
             with self._locked(left, timeout):
                 self._owner = threading.get_ident()
@@ -176,9 +181,10 @@ class LockFileLease:
 
 class LeaseHold(AbstractContextManager[None]):
     """
-    One taking of a :class:`LockFileLease`. ``before`` runs first (it may raise, e.g. a folder
-    that cannot be made). Dropped while held (an engine that kept it, collected), it is released:
-    the generator underneath is closed, which runs its ``finally``.
+    One taking of a :class:`LockFileLease`. ``before`` runs before the OS lock is taken (it may
+    raise, e.g. a folder that cannot be made); not when one look finds the lease held. Dropped
+    while held (an engine that kept it, collected), it is released: the generator underneath is
+    closed, which runs its ``finally``.
     """
 
     def __init__(
@@ -190,9 +196,7 @@ class LeaseHold(AbstractContextManager[None]):
         self._held: AbstractContextManager[None] | None = None
 
     def __enter__(self) -> None:
-        if self._before is not None:
-            self._before()
-        held = self._lease.hold(self._timeout)
+        held = self._lease.hold(self._timeout, before=self._before)
         held.__enter__()
         self._held = held
 
@@ -264,6 +268,7 @@ class FileStore:
         settle_time: float | None = None,
     ) -> None:
         self._path = resolve_link(Path(path).expanduser())
+        self._name = os.fspath(self._path)  # what open() takes without converting a Path
         # An encrypting codec is bound to this file (its fully resolved path), once.
         self._codec: Codec = bind_codec(
             codec if codec is not None else NativeCodec(),
@@ -333,7 +338,8 @@ class FileStore:
 
     def _read_bytes(self) -> bytes | None:
         try:
-            return self._path.read_bytes()
+            with open(self._name, "rb") as handle:
+                return handle.read()
         except FileNotFoundError:
             return None
         except IsADirectoryError:

@@ -14,6 +14,11 @@ whenever the holder lets go. The shared lock is released as soon as it is grante
 signals, it never holds anything. Where ``flock`` cannot answer (a file system without it, a
 lock file this process may not read), waiters poll every 20 ms as before: never an error, never
 a busy loop.
+
+The thread is started at the first wait and then kept, idle on a lock, for the next one: a
+thread started per wait cost a follower of a refresh more CPU than everything else it did (on
+two cores, 32 followers starting threads at once delayed the leader's call). It ends when its
+store object is collected, and a forked child starts its own.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import fcntl
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from ._wakeup import Wakeup
@@ -39,8 +45,9 @@ class LockFileWatch:
 
     def __init__(self, lock_file: Path) -> None:
         self._lock_file = lock_file
+        self._lock_name = os.fspath(lock_file)  # os.open of a Path converts it on every call
         self._wakeup = Wakeup()
-        self._watcher: tuple[int, threading.Thread] | None = None  # (pid, thread)
+        self._watcher: _Watcher | None = None
 
     def wait_for_release(self, timeout: float) -> None:
         """Return once the exclusive lock is free, or after ``timeout`` seconds."""
@@ -69,7 +76,7 @@ class LockFileWatch:
         ``flock`` on this file system, no permission) is "cannot tell" (None).
         """
         try:
-            fd = os.open(self._lock_file, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._lock_name, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return True
         except OSError:
@@ -88,32 +95,78 @@ class LockFileWatch:
 
     def _watching(self) -> bool:
         """
-        Start the thread that waits in the kernel, unless it already does (in this process).
+        Have this process's watcher thread wait in the kernel for the next release (starting
+        it, in this process, if there is none yet).
 
         Called with the wakeup's lock held: a watcher that sees the lock free after the check
-        above wakes this waiter, however late it starts.
+        above wakes this waiter, however late it looks.
         """
         watcher = self._watcher
-        if watcher is None or watcher[0] != os.getpid() or not watcher[1].is_alive():
-            thread = threading.Thread(
-                target=self._watch, name=f"authfsm-watch:{self._lock_file.name}", daemon=True
-            )
-            self._watcher = (os.getpid(), thread)
-            thread.start()
+        if watcher is None or not watcher.alive():
+            watcher = _Watcher(self._lock_file, self._wakeup)
+            self._watcher = watcher
+            # The thread holds the watcher, never this object: when the store is collected,
+            # its thread is told to end.
+            weakref.finalize(self, watcher.close)
+        watcher.arm()
         return True
 
-    def _watch(self) -> None:
-        try:
-            fd = os.open(self._lock_file, os.O_RDONLY | os.O_CLOEXEC)
+
+class _Watcher:
+    """
+    One process's thread waiting for the releases of one lock file, kept between waits.
+
+    Idle, it sleeps on ``_armed`` (a lock that :meth:`arm` releases); armed, it waits in the
+    kernel for a shared ``flock``, lets go of it at once and wakes every waiter. Its state
+    changes under the wakeup's lock, as the waiters' do.
+    """
+
+    def __init__(self, lock_file: Path, wakeup: Wakeup) -> None:
+        self._lock_file = lock_file
+        self._wakeup = wakeup
+        self._armed = threading.Lock()
+        self._armed.acquire()  # released: a wait is wanted
+        self._wanted = False
+        self._closed = False
+        self._pid = os.getpid()
+        self._thread = threading.Thread(
+            target=self._run, name=f"authfsm-watch:{lock_file.name}", daemon=True
+        )
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._pid == os.getpid() and self._thread.is_alive()
+
+    def arm(self) -> None:
+        """Wait for the next release (called with the wakeup's lock held)."""
+        if not self._wanted:
+            self._wanted = True
+            self._armed.release()
+
+    def close(self) -> None:
+        """Let the thread end (now if idle, else after the release it waits for)."""
+        with self._wakeup.lock:
+            self._closed = True
+            if not self._wanted and self._pid == os.getpid():
+                self._wanted = True
+                self._armed.release()
+
+    def _run(self) -> None:
+        while True:
+            self._armed.acquire()
+            if self._closed:
+                return
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # sleeps until no exclusive holder is left
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass  # gone or unlockable: the waiters look again (their timeout is the safety net)
-        finally:
+                fd = os.open(self._lock_file, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # sleeps until no exclusive holder is left
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass  # gone or unlockable: the waiters look again (their timeout is the net)
             with self._wakeup.lock:
-                if self._watcher is not None and self._watcher[1] is threading.current_thread():
-                    self._watcher = None
+                self._wanted = False
                 self._wakeup.wake()
+                if self._closed:
+                    return
