@@ -45,7 +45,10 @@ LINES = [
     ),
     (r"from collections\.abc import Awaitable, Callable", "from collections.abc import Callable"),
     (r"from \._redis_tasks import (.*)", r"from ._redis_threads import \1"),
-    (r"from \._redis_release_async import (.*)", r"from ._redis_release_sync import \1"),
+    (
+        r"from \._redis_release_async import AsyncReleaseWatcher, Held",
+        "from ._redis_release_sync import Held, ReleaseWatcher",
+    ),
     (
         r"What each effect means for an asyncio store and endpoint: one call per kind of effect\.",
         "What each effect means for a blocking store and endpoint: one call per kind of effect.",

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from authfsm.adapters import AsyncRedisStore, RedisStore
-from authfsm.engine import AsyncReleaseWatch, ReleaseWatch, StorageUnavailable
+from authfsm.engine import AsyncReleaseWatch, LeaseTimeout, ReleaseWatch, StorageUnavailable
 
 from .redis_server import (
     RedisServer,
@@ -216,6 +216,98 @@ class TestWaitForRelease:
         assert 0 == early
         assert 1 == len(woken)
         assert woken[0] - released < 0.5
+
+
+def exists_calls(store: RedisStore) -> int:
+    """EXISTS commands the server has run so far (the look at the lease before a wait)."""
+    stats = store.client.info("commandstats")
+    return int(stats.get("cmdstat_exists", {}).get("calls", 0))
+
+
+def release_later(holder: RedisStore, held, after: float) -> threading.Thread:
+    """Let go of ``held`` (a lease of ``holder`` entered by the caller) in ``after`` seconds."""
+    thread = threading.Timer(after, held.__exit__, (None, None, None))
+    thread.start()
+    return thread
+
+
+class TestWaitAfterATry:
+    """
+    A try for the lease that found it held is the look a wait needs: at the start of a storm,
+    every follower's wait costs no round trip more (the subscription was confirmed before the
+    try, so every release after it reaches the waiter).
+    """
+
+    def test_the_wait_after_a_failed_try_sends_no_look(self, holder):
+        follower = follower_of(holder)
+        follower.wait_for_release(1.0)  # subscribed from now on
+        held = holder.lease(1.0)
+        held.__enter__()
+        before = exists_calls(holder)
+        follower.wait_for_release(0.1)  # a wait on its own looks at the lease
+        looked = exists_calls(holder) - before
+
+        with pytest.raises(LeaseTimeout), follower.lease(0):
+            pass
+        before = exists_calls(holder)
+        timer = release_later(holder, held, 0.2)
+        started = time.monotonic()
+        follower.wait_for_release(5.0)
+        woken = time.monotonic() - started
+        timer.join()
+        follower.close()
+
+        assert (1, 0) == (looked, exists_calls(holder) - before)
+        assert 0.1 < woken < 2.0  # the release woke it, not its timeout
+
+    def test_a_release_between_the_try_and_the_wait_is_not_missed(self, holder):
+        follower = follower_of(holder)
+        follower.wait_for_release(1.0)
+        with holder.lease(1.0), pytest.raises(LeaseTimeout), follower.lease(0):
+            pass
+        # Released now, before the wait starts: its message is what ends the wait.
+        started = time.monotonic()
+        follower.wait_for_release(5.0)
+        woken = time.monotonic() - started
+        follower.close()
+
+        assert woken < 1.0
+
+    def test_a_try_before_the_subscription_is_confirmed_still_looks(self, holder):
+        """No subscription yet when the try was sent: the wait subscribes, then looks."""
+        follower = follower_of(holder)
+        with holder.lease(1.0):
+            with pytest.raises(LeaseTimeout), follower.lease(0):
+                pass
+            before = exists_calls(holder)
+            follower.wait_for_release(0.1)
+            looked = exists_calls(holder) - before
+        follower.close()
+
+        assert 1 == looked
+
+    def test_asyncio_the_wait_after_a_failed_try_sends_no_look(self, holder):
+        async def scenario() -> tuple[int, float]:
+            async with AsyncRedisStore(
+                holder.location.split(" key ")[0], key=holder.key, key_prefix=""
+            ) as follower:
+                await follower.wait_for_release(1.0)
+                held = holder.lease(1.0)
+                held.__enter__()
+                with pytest.raises(LeaseTimeout):
+                    async with follower.lease(0):
+                        pass
+                before = exists_calls(holder)
+                timer = release_later(holder, held, 0.2)
+                started = time.monotonic()
+                await follower.wait_for_release(5.0)
+                woken = time.monotonic() - started
+                await asyncio.to_thread(timer.join)
+                return exists_calls(holder) - before, woken
+
+        looks, woken = run(scenario())
+        assert 0 == looks
+        assert 0.1 < woken < 2.0
 
 
 class TestAsyncWaitForRelease:

@@ -35,6 +35,7 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Self
 
 import attrs
@@ -61,7 +62,7 @@ from ._redis_layout import (
     as_int,
     release_script,
 )
-from ._redis_release_async import AsyncReleaseWatcher
+from ._redis_release_async import AsyncReleaseWatcher, Held
 from ._redis_tasks import Interrupted, LeaseKeeper, initialized, sleep
 
 if TYPE_CHECKING:
@@ -69,6 +70,12 @@ if TYPE_CHECKING:
     import redis.asyncio.cluster
 
 __all__ = ["AsyncRedisStore"]
+
+#: The last try for the lease that found it held, in this task or thread: the watcher it was
+#: marked on and the mark (see AsyncReleaseWatcher.mark); taken by the wait that follows it.
+_SEEN_HELD: ContextVar[tuple[AsyncReleaseWatcher, Held] | None] = ContextVar(
+    "authfsm_redis_seen_held", default=None
+)
 
 
 class AsyncRedisStore:
@@ -385,8 +392,12 @@ class AsyncRedisStore:
         if watcher is None:
             await self._poll_for_release(timeout)
             return
+        seen = _SEEN_HELD.get()
+        if seen is not None:
+            _SEEN_HELD.set(None)
+        held = seen[1] if seen is not None and seen[0] is watcher else None
         try:
-            await watcher.wait(timeout)
+            await watcher.wait(timeout, held=held)
         except self._errors as error:
             raise self._layout.translate(error, about_record=False) from None
 
@@ -492,7 +503,9 @@ class AsyncRedisStore:
     async def _acquire(self, token: str, timeout: float) -> None:
         layout = self._layout
         deadline = time.monotonic() + timeout if timeout >= 0 else math.inf
+        watcher = self._watcher
         while True:
+            held = await watcher.mark() if watcher is not None and timeout == 0 else None
             taken = await self._call(
                 self._acquire_script, keys=[layout.lease_key], args=[token, layout.ttl_ms]
             )
@@ -502,6 +515,9 @@ class AsyncRedisStore:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # The wait for the release that usually follows (in this task or thread) needs
+                # no look at the lease: this try was it (see AsyncReleaseWatcher.mark).
+                _SEEN_HELD.set(None if watcher is None or held is None else (watcher, held))
                 raise layout.lease_timeout(timeout)
             # Sleep until the holder's release pushes a wake-up, or at most poll_interval.
             # BLPOP's timeout 0 means forever, hence the floor.
