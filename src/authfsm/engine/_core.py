@@ -30,12 +30,14 @@ def observe(
     policy: Policy,
     now: float,
     reason: str,
+    due_at: float | None = None,
 ) -> Facts:
     """
     The facts for judging ``candidate`` (from the store, or minted) against ``reference``.
 
     Identity compatibility applies the policy's claim paths; a missing side is compatible with
-    anything (nothing to disagree with).
+    anything (nothing to disagree with). ``due_at``: the reference's refresh point, when the
+    caller computed it already (an engine does, once per credential it holds).
     """
     compatible = (
         reference is None
@@ -50,12 +52,14 @@ def observe(
         # Another process's advice, ignored when no engine could have written it: a hostile or
         # broken marker cannot stop the fleet for longer than any engine backs off on its own.
         backoff_until = None
+    if due_at is None:
+        due_at = refresh_point(reference, policy) if reference is not None else math.inf
     return Facts(
         now=now,
         reason=reason,
         reference=reference.fingerprint if reference is not None else None,
         candidate=candidate.fingerprint if candidate is not None else None,
-        due_at=refresh_point(reference, policy) if reference is not None else math.inf,
+        due_at=due_at,
         compatible=compatible,
         poisoned=poison.fingerprint if poison is not None else None,
         backoff_until=backoff_until,

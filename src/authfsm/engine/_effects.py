@@ -22,6 +22,7 @@ __all__ = [
     "READ",
     "RELEASE",
     "RETAIN",
+    "TRY_LEASE",
     "AcquireLease",
     "AwaitRelease",
     "CallEndpoint",
@@ -31,6 +32,7 @@ __all__ = [
     "ReleaseLease",
     "RetainLease",
     "RevokeAtEndpoint",
+    "TryLease",
     "WriteStore",
 ]
 
@@ -55,6 +57,15 @@ class AcquireLease:
     """Take the store's refresh lease (result: None; ``LeaseTimeout`` thrown in)."""
 
     timeout: float
+
+
+@attrs.frozen
+class TryLease:
+    """
+    Take the store's refresh lease if nobody holds it (result: True), else answer at once
+    (False): one look, no wait, and no ``LeaseTimeout`` thrown through the flow (every follower
+    of a storm makes this look before it sleeps).
+    """
 
 
 @attrs.frozen
@@ -103,6 +114,7 @@ Effect = (
     ReadStore
     | WriteStore
     | AcquireLease
+    | TryLease
     | ReleaseLease
     | RetainLease
     | AwaitRelease
@@ -114,6 +126,7 @@ Flow = Generator[Effect, Any, T]
 READ = ReadStore()
 RELEASE = ReleaseLease()
 RETAIN = RetainLease()
+TRY_LEASE = TryLease()
 
 #: How long a waiter sleeps between looks at a store that cannot wake it (no ``ReleaseWatch``).
 POLL_INTERVAL: float = 0.02

@@ -27,6 +27,7 @@ from ._effects import (
     READ,
     RELEASE,
     RETAIN,
+    TRY_LEASE,
     AcquireLease,
     AwaitRelease,
     CallEndpoint,
@@ -528,15 +529,15 @@ class EngineCore:
         total = self._lease_timeout()
         for _look in range(_MAX_LOOKS):
             try:
-                yield AcquireLease(0.0)
-            except LeaseTimeout:
-                left = total - (self.timer() - started)
-                if left <= 0:
-                    break
+                taken = yield TRY_LEASE
             except StorageUnavailable as error:
                 self.lease_failed = True
                 self.failure = error.reason
                 raise
+            if not taken:
+                left = total - (self.timer() - started)
+                if left <= 0:
+                    break
             else:
                 if self.lease_failed:
                     self.lease_failed = False
@@ -989,6 +990,7 @@ class EngineCore:
             policy=self.policy,
             now=now,
             reason=reason,
+            due_at=None if judge_against_nothing else self.due_at,
         )
         if facts.candidate == facts.reference and state is State.POISONED:
             return False
@@ -1031,6 +1033,7 @@ class EngineCore:
             policy=self.policy,
             now=now,
             reason=reason,
+            due_at=self.due_at,  # the refresh point of self.cred, computed when it was taken
         )
 
     def _compatible(self, reference: Credentials, candidate: Credentials) -> bool:

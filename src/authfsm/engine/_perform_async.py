@@ -21,8 +21,10 @@ from ._effects import (
     ReadStore,
     ReleaseLease,
     RetainLease,
+    TryLease,
     WriteStore,
 )
+from ._errors import LeaseTimeout
 from ._perform_hooks import shielded_async, sleep_async
 from ._ports_async import AsyncStore, AsyncTokenEndpoint, TransientFailure
 
@@ -48,6 +50,14 @@ async def perform_async(
         return await store.read()
     if isinstance(effect, WriteStore):
         return await store.write(effect.record, effect.expected_revision)
+    if isinstance(effect, TryLease):
+        lease = store.lease(0.0)
+        try:
+            await lease.__aenter__()
+        except LeaseTimeout:
+            return False
+        leases.append(lease)
+        return True
     if isinstance(effect, AcquireLease):
         lease = store.lease(effect.timeout)
         await lease.__aenter__()

@@ -23,8 +23,10 @@ from ._effects import (
     ReadStore,
     ReleaseLease,
     RetainLease,
+    TryLease,
     WriteStore,
 )
+from ._errors import LeaseTimeout
 from ._perform_hooks import shielded, sleep
 from ._ports import Store, TokenEndpoint, TransientFailure
 
@@ -50,6 +52,14 @@ def perform(
         return store.read()
     if isinstance(effect, WriteStore):
         return store.write(effect.record, effect.expected_revision)
+    if isinstance(effect, TryLease):
+        lease = store.lease(0.0)
+        try:
+            lease.__enter__()
+        except LeaseTimeout:
+            return False
+        leases.append(lease)
+        return True
     if isinstance(effect, AcquireLease):
         lease = store.lease(effect.timeout)
         lease.__enter__()

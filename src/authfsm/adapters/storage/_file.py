@@ -82,6 +82,7 @@ class LockFileLease:
 
     def __init__(self, lock_file: Path, *, poll_interval: float) -> None:
         self._lock_file = lock_file
+        self._lock_name = str(lock_file)
         self._holder = threading.Lock()
         # Not thread-local: the lease may be released by another thread than the one that took
         # it (see above); this object's threading lock keeps the threads apart.
@@ -109,9 +110,7 @@ class LockFileLease:
         if not self._holder.acquire(timeout=timeout if timeout >= 0 else -1):
             raise self._timeout(timeout)
         try:
-            if timeout == 0 and self._watch.held_exclusively():
-                # One look (a non-blocking shared lock) answers a try that cannot wait: the
-                # followers of a refresh all try once, at the same instant, before they sleep.
+            if timeout == 0 and self.held_elsewhere():
                 raise self._timeout(timeout)
             if before is not None:
                 before()
@@ -124,6 +123,17 @@ class LockFileLease:
                     self._owner = None
         finally:
             self._holder.release()
+
+    def held_elsewhere(self) -> bool:
+        """
+        One look (a non-blocking shared lock) that answers a try that cannot wait: the lease
+        is held, by another process or store object. The followers of a refresh all try once,
+        at the same instant, before they sleep.
+        """
+        return bool(self._watch.held_exclusively())
+
+    def timeout_error(self, timeout: float) -> LeaseTimeout:
+        return self._timeout(timeout)
 
     def rebind(self) -> None:
         """The calling thread holds the lease from now on (it must be held)."""
@@ -174,7 +184,7 @@ class LockFileLease:
 
     def _timeout(self, timeout: float) -> LeaseTimeout:
         return LeaseTimeout(
-            f"The refresh lease {self._lock_file} was held for over {timeout:g} s.",
+            f"The refresh lease {self._lock_name} was held for over {timeout:g} s.",
             reason="lease_timeout",
         )
 
@@ -196,7 +206,12 @@ class LeaseHold(AbstractContextManager[None]):
         self._held: AbstractContextManager[None] | None = None
 
     def __enter__(self) -> None:
-        held = self._lease.hold(self._timeout, before=self._before)
+        lease = self._lease
+        if self._timeout == 0 and lease.held_elsewhere():
+            # Answered here rather than from inside hold()'s generator: every follower of a
+            # storm makes this try, and raising through the generator costs more than the look.
+            raise lease.timeout_error(0)
+        held = lease.hold(self._timeout, before=self._before)
         held.__enter__()
         self._held = held
 
