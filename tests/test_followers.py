@@ -126,7 +126,7 @@ class TestFileStoreWatch:
         next ones (a thread per wait cost a storm's followers more CPU than anything else they
         did); it ends when its store object is collected.
         """
-        path = tmp_path / "auth.json"
+        path = tmp_path / "kept-thread.json"  # a name no other test's watcher threads have
         store = FileStore(path)
         seen: list[threading.Thread] = []
         for _ in range(3):
@@ -147,7 +147,7 @@ class TestFileStoreWatch:
     @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
     def test_a_forked_child_waits_with_a_thread_of_its_own(self, tmp_path: Path) -> None:
         """The parent's kept thread does not exist in a child: the child starts its own."""
-        path = tmp_path / "auth.json"
+        path = tmp_path / "forked-child.json"
         store = FileStore(path)
         with FileStore(path).lease(1.0):
             store.wait_for_release(0.05)  # the parent's thread is kept from here

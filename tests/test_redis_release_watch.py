@@ -9,12 +9,24 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
+import attrs
 import pytest
 import redis
 
+from authfsm import AuthEngine, Policy, StorageCorrupt
 from authfsm.adapters import AsyncRedisStore, RedisStore
-from authfsm.engine import AsyncReleaseWatch, LeaseTimeout, ReleaseWatch, StorageUnavailable
+from authfsm.engine import (
+    AsyncReleaseWatch,
+    Credentials,
+    LeaseTimeout,
+    Record,
+    Released,
+    ReleaseWatch,
+    StorageUnavailable,
+)
+from authfsm.testing import TokenServer
 
 from .redis_server import (
     RedisServer,
@@ -308,6 +320,108 @@ class TestWaitAfterATry:
         looks, woken = run(scenario())
         assert 0 == looks
         assert 0.1 < woken < 2.0
+
+
+def wait_in_thread(store: RedisStore, timeout: float = 5.0) -> tuple[threading.Thread, list]:
+    """``store.wait_for_release(timeout)`` in a thread; the list gets what it returned."""
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(store.wait_for_release(timeout)))
+    thread.start()
+    return thread, got
+
+
+class TestWhatTheReleaseCarries:
+    """
+    The release's message carries the record as the leader left it: a follower woken by it
+    adopts that, without reading the key (one round trip less per follower of a storm).
+    """
+
+    def test_a_waiter_gets_the_record_written_under_the_lease(self, holder):
+        follower = follower_of(holder)
+        follower.wait_for_release(1.0)  # subscribed
+        with holder.lease(1.0):
+            thread, got = wait_in_thread(follower)
+            time.sleep(0.2)
+            written = holder.write(Record(credential=Credentials(access_token="at-2")), None)
+        thread.join(10)
+        follower.close()
+
+        assert [Released(written)] == got
+
+    def test_a_store_left_empty_is_carried_as_no_record(self, holder):
+        first = holder.write(Record(credential=Credentials(access_token="at-1")), None)
+        follower = follower_of(holder)
+        follower.wait_for_release(1.0)
+        with holder.lease(1.0):
+            thread, got = wait_in_thread(follower)
+            time.sleep(0.2)
+            holder.delete(first.revision)
+        thread.join(10)
+        follower.close()
+
+        assert [Released(None)] == got
+
+    def test_a_message_that_carries_nothing_means_read_it(self, holder):
+        """An older release script publishes "1": the waiter wakes and returns None."""
+        follower = follower_of(holder)
+        follower.wait_for_release(1.0)
+        holder.client.set(holder.lease_key, b"an-older-holder", px=5000)
+        thread, got = wait_in_thread(follower)
+        time.sleep(0.2)
+        holder.client.delete(holder.lease_key)
+        holder.client.publish(holder.release_channel, b"1")
+        thread.join(10)
+        follower.close()
+
+        assert [None] == got
+
+    def test_a_corrupt_record_is_not_carried_but_read(self, holder):
+        """What cannot be decoded is left to the read, which reports it (StorageCorrupt)."""
+        follower = follower_of(holder)
+        follower.wait_for_release(1.0)
+        with holder.lease(1.0):
+            thread, got = wait_in_thread(follower)
+            time.sleep(0.2)
+            holder.client.set(holder.key, b"{not json")
+        thread.join(10)
+        follower.close()
+
+        assert [None] == got
+        with pytest.raises(StorageCorrupt):
+            follower.read()
+
+    def test_a_follower_engine_adopts_the_release_without_reading(self, holder, redis_server):
+        """The whole point: a follower of a refresh reads nothing after the leader's release."""
+        with TokenServer(access_token_ttl=3600.0) as idp:
+            stale = idp.issue(expires_in=1.0)
+            holder.write(Record(credential=stale), None)
+            follower = follower_of(holder)
+            engine = AuthEngine(follower, None, Policy())
+            follower.wait_for_release(0.01)  # subscribed, as a running service is
+            reads: list[float] = []
+            read = follower.read
+            follower.read = lambda: (reads.append(time.monotonic()), read())[1]  # type: ignore[method-assign]
+            time.sleep(1.0)  # due now
+            with holder.lease(5.0):
+                thread = threading.Thread(target=lambda: reads.append(engine.access_token()))
+                thread.start()
+                # Released within its first slice of waiting (0.25 s), once it waits.
+                deadline = time.monotonic() + 5
+                while not follower._watcher._reading and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                rotated = attrs.evolve(
+                    stale,
+                    access_token="at-rotated",
+                    refresh_token="rt-2",
+                    expires_at=stale.expires_at + timedelta(hours=1),
+                )
+                current = holder.read()
+                holder.write(Record(credential=rotated), current.revision)
+            thread.join(10)
+            follower.close()
+
+        assert ["at-rotated"] == reads  # the token, and no read at all
+        assert "at-rotated" == engine.credentials.access_token
 
 
 class TestAsyncWaitForRelease:

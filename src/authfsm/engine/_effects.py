@@ -87,10 +87,11 @@ class RetainLease:
 @attrs.frozen
 class AwaitRelease:
     """
-    Sleep until a sibling gives the lease back, at most ``timeout`` seconds (result: None).
+    Sleep until a sibling gives the lease back, at most ``timeout`` seconds.
 
-    A store that implements :class:`~authfsm.engine.ReleaseWatch` wakes the waiter at once; any
-    other store is looked at again after :data:`POLL_INTERVAL` (or ``timeout``, if shorter).
+    A store that implements :class:`~authfsm.engine.ReleaseWatch` wakes the waiter at once (the
+    result: what the release carried, a :class:`~authfsm.engine.Released`, or None); any other
+    store is looked at again after :data:`POLL_INTERVAL` (or ``timeout``, if shorter).
     """
 
     timeout: float

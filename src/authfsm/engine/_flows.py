@@ -50,7 +50,7 @@ from ._events import EventLog
 from ._identity import identity_of, is_compatible
 from ._lifecycle import Lifecycle
 from ._policy import Policy, backoff_delay, refresh_point
-from ._ports import PermanentFailure, Refreshed, TransientFailure
+from ._ports import PermanentFailure, Refreshed, Released, TransientFailure
 from ._record import Backoff, Poison, Record
 from ._status import AuthStatus
 
@@ -545,8 +545,8 @@ class EngineCore:
                         self.failure = None
                 self._waited("acquired", started)
                 return True
-            yield from self._await_release(min(left, _WATCH_SLICE))
-            if self._sync((yield READ), reason="while_waiting_for_lease"):
+            record = yield from self._await_release(min(left, _WATCH_SLICE))
+            if self._sync(record, reason="while_waiting_for_lease"):
                 self._waited("adopted", started)
                 return False
         self._back_off("lease_timeout", lease=True)
@@ -562,14 +562,20 @@ class EngineCore:
             retry_at=self.retry_at,
         )
 
-    def _await_release(self, timeout: float) -> Flow[None]:
+    def _await_release(self, timeout: float) -> Flow[Record | None]:
         """
-        Sleep until the lease is given back (see :class:`AwaitRelease`). A watch that fails (a
-        subscription to a server that went away) only skips the wait: the read that follows
-        reaches the store, or says why not.
+        Sleep until the lease is given back (see :class:`AwaitRelease`), then what the store
+        holds: what the release carried, when it did (no read), else a read. A watch that fails
+        (a subscription to a server that went away) only skips the wait: the read reaches the
+        store, or says why not.
         """
+        released: Released | None = None
         with contextlib.suppress(StorageUnavailable):
-            yield AwaitRelease(timeout)
+            released = yield AwaitRelease(timeout)
+        if isinstance(released, Released):
+            return released.record
+        record: Record | None = yield READ
+        return record
 
     def _take_lease(self, timeout: float) -> Flow[None]:
         """The lease, unless this engine kept it from an earlier run (then it holds it)."""

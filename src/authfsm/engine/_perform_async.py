@@ -76,9 +76,9 @@ async def perform_async(
         # costs every follower of a storm tens of microseconds.
         wait_for_release = getattr(store, "wait_for_release", None)
         if wait_for_release is not None:
-            await wait_for_release(effect.timeout)
-        else:
-            await sleep_async(max(min(effect.timeout, POLL_INTERVAL), 0.0))
+            # What the release carried (a Released), if the store says; else None.
+            return await wait_for_release(effect.timeout)
+        await sleep_async(max(min(effect.timeout, POLL_INTERVAL), 0.0))
         return None
     if isinstance(effect, CallEndpoint):
         assert endpoint is not None, "the core checks for an endpoint first"

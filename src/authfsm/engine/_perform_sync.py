@@ -78,9 +78,9 @@ def perform(
         # costs every follower of a storm tens of microseconds.
         wait_for_release = getattr(store, "wait_for_release", None)
         if wait_for_release is not None:
-            wait_for_release(effect.timeout)
-        else:
-            sleep(max(min(effect.timeout, POLL_INTERVAL), 0.0))
+            # What the release carried (a Released), if the store says; else None.
+            return wait_for_release(effect.timeout)
+        sleep(max(min(effect.timeout, POLL_INTERVAL), 0.0))
         return None
     if isinstance(effect, CallEndpoint):
         assert endpoint is not None, "the core checks for an endpoint first"

@@ -21,6 +21,7 @@ __all__ = [
     "RefreshOutcome",
     "Refreshed",
     "ReleaseWatch",
+    "Released",
     "Store",
     "TokenEndpoint",
     "TransientFailure",
@@ -73,6 +74,16 @@ class Store(Protocol):
         ...
 
 
+@attrs.frozen
+class Released:
+    """
+    What a store's release carried to its waiters (:meth:`ReleaseWatch.wait_for_release`): the
+    record as it was when the lease was given back (None: the store was empty).
+    """
+
+    record: Record | None
+
+
 @runtime_checkable
 class ReleaseWatch(Protocol):
     """
@@ -83,13 +94,17 @@ class ReleaseWatch(Protocol):
     is polled every 20 ms.
     """
 
-    def wait_for_release(self, timeout: float) -> None:
+    def wait_for_release(self, timeout: float) -> Released | None:
         """
         Return once the lease is free, or after ``timeout`` seconds (whichever comes first).
 
         Returns at once when nobody holds the lease when called, so a release just before the
         call is never missed; returning early for no reason is allowed (the caller looks
         again). Never takes the lease. Raises ``StorageUnavailable`` like ``read()``.
+
+        Woken by a release that carried the record (``RedisStore`` publishes it with the
+        release), it may return it as :class:`Released`: the engine then adopts it without
+        reading the store. None: the caller reads.
         """
         ...
 

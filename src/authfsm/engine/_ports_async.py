@@ -13,7 +13,7 @@ import contextlib
 from typing import Protocol, runtime_checkable
 
 from ._credentials import Credentials
-from ._ports import RefreshOutcome, TransientFailure
+from ._ports import RefreshOutcome, Released, TransientFailure
 from ._record import Record
 
 __all__ = ["AsyncReleaseWatch", "AsyncStore", "AsyncTokenEndpoint", "TransientFailure"]
@@ -39,7 +39,7 @@ class AsyncStore(Protocol):
 class AsyncReleaseWatch(Protocol):
     """:class:`~authfsm.engine.ReleaseWatch` for asyncio stores."""
 
-    async def wait_for_release(self, timeout: float) -> None: ...
+    async def wait_for_release(self, timeout: float) -> Released | None: ...
 
 
 class AsyncTokenEndpoint(Protocol):

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
-from ...engine import AuthError, Record, StorageUnavailable
+from ...engine import AuthError, Record, Released, StorageUnavailable
 from ._codec import Codec
 from ._encryption import is_encrypted
 from ._redis_clients import (
@@ -375,31 +375,34 @@ class AsyncRedisStore:
                 self._keeper.give_back(token)
                 raise
 
-    async def wait_for_release(self, timeout: float) -> None:
+    async def wait_for_release(self, timeout: float) -> Released | None:
         """
         Return once the lease is free, or after ``timeout`` seconds, whichever comes first
         (:class:`~authfsm.engine.AsyncReleaseWatch`); at once when nobody holds it. Never
         takes the lease; ``StorageUnavailable`` when Redis cannot be reached.
 
-        Woken by the release's message, within a round trip of it, however many wait. A lease
-        that expires with its holder sends none: then this returns after ``timeout``.
+        Woken by the release's message, within a round trip of it, however many wait. The
+        message carries the record as the release left it, returned as
+        :class:`~authfsm.engine.Released` (the engine adopts it without a read). A lease that
+        expires with its holder sends none: then this returns None after ``timeout``.
         """
         if not timeout > 0:
-            return
+            return None
         if self._layout.cluster:
             await initialized(self._client)
         watcher = self._watcher
         if watcher is None:
             await self._poll_for_release(timeout)
-            return
+            return None
         seen = _SEEN_HELD.get()
         if seen is not None:
             _SEEN_HELD.set(None)
         held = seen[1] if seen is not None and seen[0] is watcher else None
         try:
-            await watcher.wait(timeout, held=held)
+            message = await watcher.wait(timeout, held=held)
         except self._errors as error:
             raise self._layout.translate(error, about_record=False) from None
+        return self._layout.released(message)
 
     async def aclose(self) -> None:
         """
@@ -564,7 +567,7 @@ class AsyncRedisStore:
         layout = self._layout
         await self._call(
             self._release_script,
-            keys=[layout.lease_key, layout.wake_key, layout.release_channel],
+            keys=[layout.lease_key, layout.wake_key, layout.release_channel, layout.record_key],
             args=[token, layout.ttl_ms],
         )
 

@@ -28,6 +28,7 @@ from ...engine import (
     AuthError,
     LeaseTimeout,
     Record,
+    Released,
     StorageCorrupt,
     StorageUnavailable,
     StorageUnreplicated,
@@ -92,15 +93,25 @@ return 0
 #: Release the lease if token ARGV[1] owns it; wake one lease waiter (KEYS[2] holds at most one
 #: wake-up, which expires after ARGV[2] ms when nobody was waiting) and every follower watching
 #: the release channel KEYS[3] (a channel, passed as a key so Redis Cluster checks its slot).
+#: The message carries the record key KEYS[4] as it is now ('r' and its value; 'r' alone: no
+#: record), so followers adopt the leader's write without reading it; a value that is not a
+#: string is not carried ('1': read the key).
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[2], '1')
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('PUBLISH_COMMAND', KEYS[3], '1')
+local record = redis.pcall('GET', KEYS[4])
+local message = '1'
+if type(record) == 'string' then message = 'r' .. record
+elseif record == false then message = 'r' end
+redis.call('PUBLISH_COMMAND', KEYS[3], message)
 return 1
 """
+
+#: The first byte of a release message that carries the record.
+_CARRIES_RECORD: Final = b"r"
 
 # Swaps retried when the value changed but kept the expected revision (a delete and re-create).
 SWAP_ATTEMPTS: Final = 4
@@ -233,6 +244,19 @@ class Layout:
             raise StorageCorrupt(self.location, str(error)) from None
         self.seen = (record.revision, digest(data), data)
         return record
+
+    def released(self, message: bytes | None) -> Released | None:
+        """
+        What a release message carried (see ``_RELEASE``): the record as the leader left it;
+        None when it carried nothing, or nothing readable (the caller reads the key, and a
+        corrupt value is reported there).
+        """
+        if not message or message[:1] != _CARRIES_RECORD:
+            return None
+        try:
+            return Released(self.decode(message[1:] or None))
+        except StorageCorrupt:
+            return None
 
     def known(self, expected_revision: int | None) -> Current | None:
         """What the key holds if it is at ``expected_revision``, as far as the last read knows."""

@@ -58,6 +58,8 @@ class ReleaseChannel:
         self._pubsub = client.pubsub()
         self._channel = channel
         self._sharded = sharded
+        #: The data of the last release message read (what the release carried).
+        self.released: bytes | None = None
 
     def open(self) -> None:
         if self._sharded:
@@ -73,16 +75,23 @@ class ReleaseChannel:
             if time.monotonic() - started < timeout - _EARLY:
                 return ["lost"]
             return []
-        kinds = [_kind(message)]
+        kinds = [self._note(message)]
         for _ in range(_DRAIN):
             message = self._message(0)
             if message is None:
                 break
-            kinds.append(_kind(message))
+            kinds.append(self._note(message))
         return kinds
 
     def close(self) -> None:
         self._pubsub.close()
+
+    def _note(self, message: dict[str, Any]) -> str:
+        kind = _kind(message)
+        if kind == "released":
+            data = message.get("data")
+            self.released = data.encode() if isinstance(data, str) else data
+        return kind
 
     def _message(self, timeout: float) -> dict[str, Any] | None:
         pubsub = self._pubsub
@@ -149,6 +158,8 @@ class ReleaseWatcher:
         # Releases seen, and subscriptions lost: waiters compare them before and after.
         self._releases = 0
         self._lost = 0
+        # What the last release read carried (its message's data).
+        self._released: bytes | None = None
         self._closed = False
 
     def mark(self) -> Held | None:
@@ -164,11 +175,14 @@ class ReleaseWatcher:
                 return None
             return Held(self._lost, self._releases)
 
-    def wait(self, timeout: float, *, held: Held | None = None) -> None:
+    def wait(self, timeout: float, *, held: Held | None = None) -> bytes | None:
         """
         Return once the lease is free, after ``timeout`` s, or early (see the module). With
         ``held`` (the :meth:`mark` of a try that found the lease held), a subscription
         confirmed since, and not lost, waits for the next release without a look.
+
+        Returns the data of the latest release message when one ended the wait (what that
+        release carried), else None.
         """
         deadline = time.monotonic() + timeout
         if self._pid != os.getpid():
@@ -180,22 +194,25 @@ class ReleaseWatcher:
                     seen, lost = held.releases, held.lost
                 else:
                     if not self._subscribe(deadline):
-                        return
+                        return None
                     seen, lost = self._releases, self._lost
                     held = None
             if held is None and not self._lease_held():
-                return
+                return None
             held = None
             with self._condition:
                 while self._releases == seen and self._lost == lost and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        return
+                        return None
                     self._take_turn(remaining)
-                if self._releases != seen or self._closed:
-                    return
+                if self._releases != seen:
+                    return self._released
+                if self._closed:
+                    return None
             # The subscription was lost (the reader failed or was cancelled): a release may have
             # gone unheard, so subscribe again and look at the lease again.
+        return None
 
     def _subscribe(self, deadline: float) -> bool:
         """
@@ -249,6 +266,8 @@ class ReleaseWatcher:
                     self._confirmed = True
                 elif kind == "released":
                     self._releases += 1
+                    channel = self._channel
+                    self._released = channel.released if channel is not None else None
                 elif kind == "lost":
                     self._channel = None
                     self._confirmed = False
