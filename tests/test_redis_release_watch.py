@@ -424,6 +424,56 @@ class TestWhatTheReleaseCarries:
         assert "at-rotated" == engine.credentials.access_token
 
 
+class Events:
+    """A logger for an engine: the (level, name) of every event it emits."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str):
+        return lambda event, **_fields: self.seen.append((level, event))
+
+
+class TestOldNewsIsNotAdopted:
+    def test_a_release_message_left_unread_since_an_earlier_round_is_not_adopted(self, holder):
+        """
+        Releases nobody waited for queue up, unread, on a follower's subscription. The next
+        wait reads them first: what they carried is older than what the engine has seen, so
+        it reads the store instead (adopting it would take the store for gone back in time,
+        and serve the spent token while writing it back).
+        """
+        with TokenServer(access_token_ttl=3600.0) as idp:
+            follower = follower_of(holder)
+            follower.wait_for_release(0.01)  # subscribed
+            first = holder.write(Record(credential=idp.issue()), None)
+            with holder.lease(1.0):  # a release nobody waits for: its message stays unread
+                pass
+            stale = idp.issue(expires_in=1.0)
+            current = holder.write(Record(credential=stale), first.revision)
+            events = Events()
+            engine = AuthEngine(follower, None, Policy(), logger=events)  # seen: the current
+            time.sleep(1.0)  # due now
+            tokens: list[str] = []
+            with holder.lease(5.0):
+                thread = threading.Thread(target=lambda: tokens.append(engine.access_token()))
+                thread.start()
+                time.sleep(0.1)
+                early = list(tokens)
+                rotated = attrs.evolve(
+                    stale,
+                    access_token="at-rotated",
+                    refresh_token="rt-2",
+                    expires_at=stale.expires_at + timedelta(hours=1),
+                )
+                holder.write(Record(credential=rotated), current.revision)
+            thread.join(10)
+            follower.close()
+
+        assert ([], ["at-rotated"]) == (early, tokens)
+        assert "reloaded" == engine.state.value
+        assert [] == [name for level, name in events.seen if level == "warning"]
+
+
 class TestAsyncWaitForRelease:
     """The asyncio store, waiters in tasks."""
 

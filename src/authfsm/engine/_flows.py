@@ -565,14 +565,20 @@ class EngineCore:
     def _await_release(self, timeout: float) -> Flow[Record | None]:
         """
         Sleep until the lease is given back (see :class:`AwaitRelease`), then what the store
-        holds: what the release carried, when it did (no read), else a read. A watch that fails
-        (a subscription to a server that went away) only skips the wait: the read reaches the
-        store, or says why not.
+        holds: the record the release carried, when it is newer than any this engine has seen
+        (no read), else a read. A release message may have waited, unread, since long before
+        this wait; what it carried is then old news, never adopted (the read decides). A watch
+        that fails (a subscription to a server that went away) only skips the wait: the read
+        reaches the store, or says why not.
         """
         released: Released | None = None
         with contextlib.suppress(StorageUnavailable):
             released = yield AwaitRelease(timeout)
-        if isinstance(released, Released):
+        if (
+            isinstance(released, Released)
+            and released.record is not None
+            and released.record.revision > self.high_water
+        ):
             return released.record
         record: Record | None = yield READ
         return record

@@ -104,7 +104,8 @@ class ReleaseWatch(Protocol):
 
         Woken by a release that carried the record (``RedisStore`` publishes it with the
         release), it may return it as :class:`Released`: the engine then adopts it without
-        reading the store. None: the caller reads.
+        reading the store, if its revision is newer than any the engine has seen (a release
+        message may have waited, unread, since long before the wait). None: the caller reads.
         """
         ...
 
