@@ -435,6 +435,90 @@ class TestLease:
         assert False is run(scenario())
 
 
+def counting_gets(store: RedisStore) -> list[str]:
+    """The keys ``store`` sends GET for from now on (its client's ``get``, counted)."""
+    keys: list[str] = []
+    get = store.client.get
+
+    def counted(key, *args, **kwargs):
+        keys.append(key)
+        return get(key, *args, **kwargs)
+
+    store.client.get = counted  # type: ignore[method-assign]
+    return keys
+
+
+class TestTheLeaseAnswersWithTheRecord:
+    """
+    Taking the lease answers with the record as it is under the new lease: the holder's first
+    read (what an engine does at once) costs no second round trip. Any other read reads.
+    """
+
+    def test_the_first_read_under_a_lease_just_taken_sends_no_get(self, store):
+        written = store.write(Record(credential=creds(1)), None)
+        gets = counting_gets(store)
+        with store.lease(1.0):
+            first = store.read()
+            sent_for_the_first = len(gets)
+            second = store.read()
+        assert (written, written, 0, 1) == (first, second, sent_for_the_first, len(gets))
+
+    def test_a_store_left_empty_is_answered_as_no_record(self, store):
+        gets = counting_gets(store)
+        with store.lease(1.0):
+            assert store.read() is None
+        assert [] == gets
+
+    def test_what_a_sibling_wrote_before_the_lease_is_what_the_holder_reads(self, store):
+        first = store.write(Record(credential=creds(1)), None)
+        other = sibling(store)
+        newer = other.write(Record(credential=creds(2)), first.revision)
+        with store.lease(1.0):
+            assert newer == store.read()
+
+    def test_a_read_after_a_write_under_the_lease_reads_the_write(self, store):
+        """A write between taking the lease and reading makes the answer old: it is dropped."""
+        first = store.write(Record(credential=creds(1)), None)
+        with store.lease(1.0):
+            second = store.write(Record(credential=creds(2)), first.revision)
+            assert second == store.read()
+
+    def test_the_answer_is_not_read_after_the_lease_is_given_back(self, store):
+        first = store.write(Record(credential=creds(1)), None)
+        with store.lease(1.0):
+            pass  # taken and given back, nothing read under it
+        newer = sibling(store).write(Record(credential=creds(2)), first.revision)
+        assert newer == store.read()
+
+    def test_another_store_object_reads_for_itself(self, store):
+        store.write(Record(credential=creds(1)), None)
+        other = sibling(store)
+        gets = counting_gets(other)
+        with store.lease(1.0):
+            other.read()
+        assert 1 == len(gets)
+
+    def test_asyncio_the_first_read_under_a_lease_just_taken_sends_no_get(self, store):
+        written = store.write(Record(credential=creds(1)), None)
+
+        async def scenario() -> tuple[Record | None, int]:
+            url = store.location.split(" key ")[0]
+            async with AsyncRedisStore(url, key=store.key, key_prefix="") as mine:
+                gets: list[str] = []
+                get = mine.client.get
+
+                async def counted(key, *args, **kwargs):
+                    gets.append(key)
+                    return await get(key, *args, **kwargs)
+
+                mine.client.get = counted  # type: ignore[method-assign]
+                async with mine.lease(1.0):
+                    record = await mine.read()
+                return record, len(gets)
+
+        assert (written, 0) == run(scenario())
+
+
 @pytest.fixture(name="doomed_server")
 def _doomed_server():
     """A server of its own, for tests that stop or pause it."""

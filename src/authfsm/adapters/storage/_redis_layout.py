@@ -74,14 +74,18 @@ return {1}
 """
 
 #: Take the lease for token ARGV[1] for ARGV[2] ms. Idempotent, so a command retried after a lost
-#: reply finds its own token instead of waiting for its own lease to expire.
+#: reply finds its own token instead of waiting for its own lease to expire. Taken, it answers
+#: with the record key KEYS[2] as it is under the new lease ({1, value}; {1}: no record; {2}: a
+#: value that is not a string, read it), what its holder reads first: no second round trip.
 ACQUIRE: Final = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
 end
-return 0
+local record = redis.pcall('GET', KEYS[2])
+if type(record) == 'string' then return {1, record} end
+if record == false then return {1} end
+return {2}
 """
 
 #: Extend the lease to ARGV[2] ms if token ARGV[1] still owns it.

@@ -78,6 +78,11 @@ __all__ = ["RedisStore"]
 _SEEN_HELD: ContextVar[tuple[ReleaseWatcher, Held] | None] = ContextVar(
     "authfsm_redis_seen_held", default=None
 )
+#: The record as a lease just taken in this task or thread found it (the store, its bytes or
+#: None): what the first read under that lease returns instead of reading it again.
+_LEASED: ContextVar[tuple[RedisStore, bytes | None] | None] = ContextVar(
+    "authfsm_redis_leased", default=None
+)
 
 
 class RedisStore:
@@ -327,10 +332,18 @@ class RedisStore:
         return f"<{type(self).__name__} {self.location}>"
 
     def read(self) -> Record | None:
+        leased = _LEASED.get()
+        if leased is not None:
+            # The first read under a lease just taken (in this task or thread): the record
+            # the lease script answered with, as it was when the lease was taken.
+            _LEASED.set(None)
+            if leased[0] is self:
+                return self._layout.decode(leased[1])
         data = self._call(self._client.get, self._layout.record_key, about_record=True)
         return self._layout.decode(as_bytes(data))
 
     def write(self, record: Record, expected_revision: int | None) -> Record:
+        _LEASED.set(None)
         stored = attrs.evolve(record, revision=(expected_revision or 0) + 1)
         # A codec that shares its format with another program keeps that program's fields.
         acknowledged = self._swap(
@@ -340,6 +353,7 @@ class RedisStore:
         return stored
 
     def delete(self, expected_revision: int | None) -> None:
+        _LEASED.set(None)
         acknowledged = self._swap(expected_revision, lambda _previous: b"")
         self._layout.require_replicas(acknowledged)
 
@@ -349,6 +363,7 @@ class RedisStore:
         (an ``EncryptedCodec`` seals it with its current key): what ``rotate_key`` does.
         ``WriteConflict`` unless the key holds revision ``expected_revision``.
         """
+        _LEASED.set(None)
         resealer = Resealer(self._layout, expected_revision)
         acknowledged = self._swap(expected_revision, resealer)
         record = resealer.done()
@@ -368,6 +383,7 @@ class RedisStore:
         try:
             yield
         finally:
+            _LEASED.set(None)
             self._keeper.drop(token)
             try:
                 self._release(token)
@@ -511,13 +527,18 @@ class RedisStore:
         watcher = self._watcher
         while True:
             held = watcher.mark() if watcher is not None and timeout == 0 else None
-            taken = self._call(
-                self._acquire_script, keys=[layout.lease_key], args=[token, layout.ttl_ms]
+            reply = self._call(
+                self._acquire_script,
+                keys=[layout.lease_key, layout.record_key],
+                args=[token, layout.ttl_ms],
             )
-            if as_int(taken) == 1:
+            if isinstance(reply, list) and reply:
                 if layout.min_replicas:
                     self._replicate_lease(token)
+                if as_int(reply[0]) == 1:  # the record as the lease found it: the next read
+                    _LEASED.set((self, as_bytes(reply[1]) if len(reply) > 1 else None))
                 return
+            as_int(reply)  # 0: held by another
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 # The wait for the release that usually follows (in this task or thread) needs
