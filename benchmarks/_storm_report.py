@@ -281,9 +281,9 @@ WHY = """\
 - **the leader's call** (in the verdict lines): when the first refresh call of the round was sent
   (from the start instant) and when its answer came back (over the floor), medians of rounds.
   The IdP, Redis and the workers share this machine's cores: an answer later than the floor
-  is the IdP starved by the followers' start (each one reads the store and tries the lease once
-  before it sleeps), which a remote IdP would not be; a late send is the leader's own store
-  operations queued behind the followers' (Redis).
+  is the IdP starved by the followers' start (each one tries the lease once, then sleeps),
+  which a remote IdP would not be; a late send is the leader's own work starved the same way,
+  and its store operations queued behind the followers' (Redis).
 - Workers answer only after a quiet window (`--quiet-window`, 1 s from the start), so no reply
   and no garbage collection takes a core from a follower still waiting; they keep their store
   objects across rounds, one file or key per kind of store, as a service does.
