@@ -103,15 +103,13 @@ class LockFileLease:
     @contextmanager
     def hold(self, timeout: float, *, before: Callable[[], None] | None = None) -> Iterator[None]:
         """
-        :meth:`lease` as a plain context manager, held by the calling thread. ``before`` runs
-        once the lease is worth taking (after the look that answers a try that cannot wait).
+        :meth:`lease` as a plain context manager, held by the calling thread (a try that cannot
+        wait has looked already: :class:`LeaseHold`). ``before`` runs before the OS lock.
         """
         deadline = time.monotonic() + timeout
         if not self._holder.acquire(timeout=timeout if timeout >= 0 else -1):
             raise self._timeout(timeout)
         try:
-            if timeout == 0 and self.held_elsewhere():
-                raise self._timeout(timeout)
             if before is not None:
                 before()
             left = max(deadline - time.monotonic(), 0.0) if timeout >= 0 else timeout
