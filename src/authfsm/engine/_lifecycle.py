@@ -8,10 +8,11 @@ serialises calls.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import attrs
-from transitions import EventData, Machine
+from transitions import Machine
 from transitions.core import Transition as MachineTransition
 
 from ..states import GUARDS, TRANSITIONS, Facts, State
@@ -34,14 +35,6 @@ class Transition:
     facts: Facts
 
 
-def _guard(fn: Callable[[Facts], bool]) -> Callable[[EventData], bool]:
-    def check(event: EventData) -> bool:
-        facts: Facts = event.kwargs["facts"]
-        return fn(facts)
-
-    return check
-
-
 def _compiled(row: MachineTransition) -> _Row:
     """One row as the machine holds it: its guards (by function) and its destination."""
     guards = tuple(
@@ -62,6 +55,27 @@ def _names(guards: object) -> list[str]:
     return list(names)
 
 
+@functools.cache
+def _machine_rows() -> dict[tuple[State, str], tuple[_Row, ...]]:
+    """
+    What ``transitions.Machine`` compiles from the table, per (state, trigger): its rows in
+    order, each with its guards (the function, and True for a condition, False for an unless)
+    and its destination. The table is one constant, so it is compiled once per process.
+    """
+    machine = Machine(
+        model=None,
+        states=State,
+        transitions=TRANSITIONS,
+        initial=State.LOGGED_OUT,
+        auto_transitions=False,
+    )
+    return {
+        (State[source], trigger): tuple(_compiled(row) for row in rows)
+        for trigger, event in machine.events.items()
+        for source, rows in event.transitions.items()
+    }
+
+
 class Lifecycle:
     """
     Holds the current :class:`State` and fires triggers.
@@ -78,32 +92,13 @@ class Lifecycle:
         initial: State = State.LOGGED_OUT,
         on_transition: Callable[[Transition], None] | None = None,
     ) -> None:
-        for name, fn in GUARDS.items():
-            setattr(self, name, _guard(fn))
+        self.state = initial
         self._on_transition = on_transition
-        self._machine = Machine(
-            model=self,
-            states=State,
-            transitions=TRANSITIONS,
-            initial=initial,
-            auto_transitions=False,
-            send_event=True,
-            model_attribute="state",
-        )
-        # What the machine compiled from the table, per (state, trigger): its rows in order,
-        # each with its guards (the function, and True for a condition, False for an unless) and
-        # its destination. ``fire`` runs them itself (see there).
-        self._rows: dict[tuple[State, str], tuple[_Row, ...]] = {}
-        for trigger, event in self._machine.events.items():
-            for source, rows in event.transitions.items():
-                self._rows[(State[source], trigger)] = tuple(_compiled(row) for row in rows)
-        self._allowed: dict[State, frozenset[str]] = {
-            s: frozenset(self._machine.get_triggers(s)) for s in State
-        }
+        self._rows = _machine_rows()
 
     def allows(self, trigger: str) -> bool:
         """The table declares ``trigger`` for the current state (guards not consulted)."""
-        return trigger in self._allowed[self.state]
+        return (self.state, trigger) in self._rows
 
     def fire(self, trigger: str, facts: Facts) -> bool:
         """Fire ``trigger``; True if a row's guards passed and the state moved (or re-entered)."""

@@ -108,7 +108,7 @@ class LockFileLease:
         """
         deadline = time.monotonic() + timeout
         if not self._holder.acquire(timeout=timeout if timeout >= 0 else -1):
-            raise self._timeout(timeout)
+            raise self.timeout_error(timeout)
         try:
             if before is not None:
                 before()
@@ -130,9 +130,6 @@ class LockFileLease:
         """
         return bool(self._watch.held_exclusively())
 
-    def timeout_error(self, timeout: float) -> LeaseTimeout:
-        return self._timeout(timeout)
-
     def rebind(self) -> None:
         """The calling thread holds the lease from now on (it must be held)."""
         self._owner = threading.get_ident()
@@ -151,7 +148,7 @@ class LockFileLease:
             yield
             return
         if not self._holder.acquire(timeout=timeout if timeout >= 0 else -1):
-            raise self._timeout(timeout)
+            raise self.timeout_error(timeout)
         try:
             with self._locked(timeout, timeout):
                 yield
@@ -172,7 +169,7 @@ class LockFileLease:
                     raise
                 self._os_lock.acquire(timeout=_WATCHERS_GRACE)
         except filelock.Timeout:
-            raise self._timeout(timeout) from None
+            raise self.timeout_error(timeout) from None
         except OSError as error:
             raise StorageUnavailable(f"Cannot lock {self._lock_file}: {error.strerror}.") from None
         try:
@@ -180,7 +177,7 @@ class LockFileLease:
         finally:
             self._os_lock.release()
 
-    def _timeout(self, timeout: float) -> LeaseTimeout:
+    def timeout_error(self, timeout: float) -> LeaseTimeout:
         return LeaseTimeout(
             f"The refresh lease {self._lock_name} was held for over {timeout:g} s.",
             reason="lease_timeout",
