@@ -118,6 +118,11 @@ def table(rows: list[Row], rounds: int, floor: float) -> str:
     return "\n".join(lines)
 
 
+def _bare(row: Row) -> bool:
+    """A bare file client's row, plain or with simulated follower work (``bare+PRE/POST``)."""
+    return row.client == "bare" or row.client.startswith("bare+")
+
+
 def growth(rows: list[Row], floor: float) -> str:
     """How the p99 lag grows with N (first-token lag in parentheses): authfsm, bare client."""
     sizes = sorted({row.procs for row in rows})
@@ -218,7 +223,7 @@ def report(
             "start instant): their times include that delay."
         )
     if process_rows:
-        authfsm = [row for row in process_rows if row.client in ("authfsm", "bare")]
+        authfsm = [row for row in process_rows if row.client == "authfsm" or _bare(row)]
         out += [
             "",
             "## Processes",
@@ -269,6 +274,11 @@ WHY = """\
   the file under the exclusive lock, refreshes and writes it back (fsync, rename); everyone else
   sleeps in the kernel for a shared lock and reads the file once it is granted. It shows what
   this machine, its cores and this harness cost by themselves.
+- **bare+PRE/POST** (`--bare-cost`): the bare client whose followers burn PRE microseconds
+  of CPU after their lock try fails, before they sleep, and POST after they wake, before they
+  read: against the plain bare row of the same run, what a follower's own work costs the storm
+  (work before sleeping delays the leader's call and the IdP, which share the cores; work after
+  waking queues the followers behind each other).
 - **naive**: every process spends the refresh token it holds; the first call rotates, every other
   one is a reuse, and the IdP revokes the family, so nobody ends with a usable token (not even
   the process whose call succeeded) and every user has to log in again.

@@ -198,6 +198,23 @@ def naive_refresh(store_spec: dict[str, Any], endpoint: OAuthTokenEndpoint, cred
     return new
 
 
+def burn(seconds: float) -> None:
+    """Use ``seconds`` of this thread's CPU (a follower's work, simulated: ``--bare-cost``)."""
+    if seconds > 0:
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+
+
+def bare_cost(client: str) -> tuple[float, float]:
+    """The CPU a bare client's name asks for: ``bare+PRE/POST`` (microseconds), else none."""
+    _, plus, cost = client.partition("+")
+    if not plus:
+        return 0.0, 0.0
+    before, _, after = cost.partition("/")
+    return int(before) / 1e6, int(after) / 1e6
+
+
 class BareFileClient:
     """
     The least a correct shared-file client can do (the **bare** rows, a floor for authfsm's):
@@ -207,9 +224,13 @@ class BareFileClient:
     shared lock, which is granted when the leader lets go, and reads what it wrote.
     """
 
-    def __init__(self, spec: dict[str, Any], endpoint: OAuthTokenEndpoint) -> None:
+    def __init__(
+        self, spec: dict[str, Any], endpoint: OAuthTokenEndpoint, cost: tuple[float, float]
+    ) -> None:
         self.path = Path(spec["path"])
         self.endpoint = endpoint
+        # Seconds of CPU a follower burns before it sleeps and after it wakes (--bare-cost).
+        self.before_sleep, self.after_wake = cost
         # Kept open like the store object of a service.
         self.lock = os.open(f"{self.path}.bare-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.held = self._read()
@@ -225,8 +246,10 @@ class BareFileClient:
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            burn(self.before_sleep)
             fcntl.flock(self.lock, fcntl.LOCK_SH)  # until the leader lets go
             fcntl.flock(self.lock, fcntl.LOCK_UN)
+            burn(self.after_wake)
             return str(self._read()["access_token"])
         try:
             current = self._read()
@@ -281,8 +304,8 @@ class SyncRound:
         self.bare: BareFileClient | None = None
         if self.client == "authfsm":
             self.engine = AuthEngine(store, self.endpoint, POLICY)  # reads the store
-        elif self.client == "bare":
-            self.bare = BareFileClient(self.spec, self.endpoint)
+        elif self.client.startswith("bare"):
+            self.bare = BareFileClient(self.spec, self.endpoint, bare_cost(self.client))
         else:
             record = store.read()
             self.held = record.credential if record is not None else None

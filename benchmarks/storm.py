@@ -42,6 +42,11 @@ like a service would, freeze their start-up objects out of the garbage collector
 configuration gets one unrecorded warm-up round, then its rows take turns round by round. Besides
 the times, each row gives the CPU time its workers used per round (``/proc``, Linux).
 
+With ``--bare-cost PRE:POST,...`` the file's process runs add bare-client rows whose followers
+burn PRE microseconds of CPU after their lock try fails, before they sleep, and POST after they
+wake (client ``bare+PRE/POST``): against the plain bare row of the same run, what each
+microsecond of a follower's own work costs the first token and the p99 at that N.
+
 With ``--encrypted`` the process runs add rows ``file+enc`` and ``redis+enc`` (authfsm only):
 the stores seal every record with ``EncryptedCodec`` (AES-256-GCM, a key the coordinator makes
 and hands the workers in ``AUTHFSM_STORM_KEYS``); their rounds alternate with the plaintext rows'
@@ -261,6 +266,21 @@ def sizes_option(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(sizes)))
 
 
+def costs_option(text: str) -> tuple[tuple[int, int], ...]:
+    """``PRE:POST,...``: microseconds of CPU a bare follower burns before it sleeps, after."""
+    costs = []
+    for part in text.split(","):
+        pre, colon, post = part.strip().partition(":")
+        try:
+            cost = (int(pre), int(post)) if colon else None
+        except ValueError:
+            cost = None
+        if cost is None or min(cost) < 0:
+            raise argparse.ArgumentTypeError(f"not PRE:POST microseconds: {part.strip()!r}")
+        costs.append(cost)
+    return tuple(costs)
+
+
 def choices_option(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
     def parse(text: str) -> tuple[str, ...]:
         chosen = tuple(part.strip() for part in text.split(",") if part.strip())
@@ -337,6 +357,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_false",
         help="leave out the bare file client's rows (the floor of a shared-file client)",
     )
+    made.add_argument(
+        "--bare-cost",
+        type=costs_option,
+        default=(),
+        metavar="PRE:POST,...",
+        help="add bare file rows whose followers burn PRE us of CPU before they sleep and POST "
+        "us after they wake (what each microsecond of a follower's work costs the storm)",
+    )
     made.add_argument("--write-results", action="store_true", help=f"write {RESULTS.name}")
     made.add_argument(
         "--no-gc-freeze",
@@ -380,6 +408,8 @@ def every_configuration(storm: Storm, args: argparse.Namespace) -> tuple[list[Ro
                 variants.append((store, "naive"))
             if store == "file" and args.bare:
                 variants.append((store, "bare"))
+            if store == "file":
+                variants += [(store, f"bare+{pre}/{post}") for pre, post in args.bare_cost]
             rows = [Row(kind, n, client) for kind, client in variants]
             processes += storm.configuration(f"{store} N={n}", rows)
     tasks: list[Row] = []

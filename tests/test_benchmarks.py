@@ -50,6 +50,7 @@ class TestStorm:
             "--busy",
             "--quick",
             "--quiet-window",
+            "--bare-cost",
         ):
             assert option in done.stdout
 
@@ -57,6 +58,7 @@ class TestStorm:
         done = run_storm(
             "--sizes", "2", "--rounds", "1", "--naive-up-to", "2",
             "--tasks", "3", "--task-procs", "2", "--busy", "1", "--quiet-window", "0",
+            "--bare-cost", "100:200",
         )  # fmt: skip
 
         assert 0 == done.returncode, done.stderr
@@ -69,3 +71,13 @@ class TestStorm:
         assert "**NO**" not in out
         # The naive client spends one refresh token twice: a reuse, and nobody usable.
         assert "| file | 2 | naive | 2 | 1 | 1 | 0/2 |" in out
+        # The bare client, plain and burning 100 us before its sleep and 200 us after.
+        assert "| file | 2 | bare | 1 | 1 | 0 | 2/2 |" in out
+        assert "| file | 2 | bare+100/200 | 1 | 1 | 0 | 2/2 |" in out
+        assert "| file (bare+100/200 client) |" in out
+
+    def test_a_follower_cost_is_two_numbers(self):
+        done = run_storm("--bare-cost", "100:200,300", "--sizes", "none", "--tasks", "0")
+
+        assert 2 == done.returncode
+        assert "not PRE:POST microseconds: '300'" in done.stderr
