@@ -143,10 +143,10 @@ class TimedEndpoint(OAuthTokenEndpoint):
         finally:
             CALLS.append((sent, time.time()))
 
-    async def refresh_async(self, credentials: Any) -> Any:
+    async def refresh_async(self, credentials: Any, *, client: Any = None) -> Any:
         sent = time.time()
         try:
-            return await super().refresh_async(credentials)
+            return await super().refresh_async(credentials, client=client)
         finally:
             CALLS.append((sent, time.time()))
 

@@ -231,9 +231,10 @@ def followers(url: str, folder: Path) -> str:
     from authfsm.engine import AsyncReleaseWatch, BlockingStoreInLoop, ReleaseWatch
 
     file = FileStore(folder / "probe.json")
+    redis_store = RedisStore(url, key="probe")
     stores = {
         "file": (file, ReleaseWatch),
-        "redis": (RedisStore(url, key="probe"), ReleaseWatch),
+        "redis": (redis_store, ReleaseWatch),
         "file (asyncio)": (BlockingStoreInLoop(file), AsyncReleaseWatch),
         "redis (asyncio)": (
             AsyncRedisStore(client=redis.asyncio.Redis.from_url(url), key="probe"),
@@ -241,7 +242,7 @@ def followers(url: str, folder: Path) -> str:
         ),
     }
     woken = {name: isinstance(store, kind) for name, (store, kind) in stores.items()}
-    stores["redis"][0].close()
+    redis_store.close()
     if all(woken.values()):
         return "followers sleep until the leader's release (the stores have `wait_for_release`)"
     if not any(woken.values()):
