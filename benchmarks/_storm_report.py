@@ -119,8 +119,8 @@ def table(rows: list[Row], rounds: int, floor: float) -> str:
 
 
 def _bare(row: Row) -> bool:
-    """A bare file client's row, plain or with simulated follower work (``bare+PRE/POST``)."""
-    return row.client == "bare" or row.client.startswith("bare+")
+    """A floor-like row: the bare client (plain or ``bare+PRE/POST``), or a short follower."""
+    return row.client == "bare" or row.client.startswith(("bare+", "short"))
 
 
 def growth(rows: list[Row], floor: float) -> str:
@@ -279,6 +279,11 @@ WHY = """\
   read: against the plain bare row of the same run, what a follower's own work costs the storm
   (work before sleeping delays the leader's call and the IdP, which share the cores; work after
   waking queues the followers behind each other).
+- **short**, **short-read** (`--short`): followers with the engine's flow cut away. They wait
+  on the lock in the kernel as bare ones do; short-read then reads the store
+  (`FileStore.read`, decoding and checking the record), short also has the engine's core judge
+  and adopt it (identity, poison, backoff, the lifecycle, events). Whoever finds the lease free
+  runs `access_token()`.
 - **naive**: every process spends the refresh token it holds; the first call rotates, every other
   one is a reuse, and the IdP revokes the family, so nobody ends with a usable token (not even
   the process whose call succeeded) and every user has to log in again.

@@ -293,6 +293,41 @@ def held_back(engine: AuthEngine | AsyncAuthEngine) -> str | None:
     return getattr(core, "failure", None) or "backing_off"
 
 
+def short_follower(engine: AuthEngine, store: FileStore, *, judge: bool) -> str:
+    """
+    A follower with the engine's flow cut away (the **short** rows, ``--short``): one look at
+    the lease's lock file; if it is held, sleep in the kernel for a shared lock, then read the
+    store (``FileStore.read``: the file and its decoding) and, with ``judge``, let the engine's
+    core judge and adopt the record as a follower does after its wake (identity, poison,
+    backoff, the lifecycle, the events). Without ``judge`` it returns the token read. Whoever
+    finds the lease free runs ``access_token()``. Only for measuring: it reads the engine's
+    private core, as :func:`held_back` does.
+    """
+    import fcntl
+
+    fd = os.open(f"{store.path}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # until the leader lets go
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return engine.access_token()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    record = store.read()
+    if not judge:
+        assert record is not None
+        assert record.credential is not None
+        return record.credential.access_token
+    core = engine._core  # a benchmark may look inside
+    core._sync(record, reason="short_follower")
+    assert core.cred is not None
+    return core.cred.access_token
+
+
 class SyncRound:
     """One process, one caller: ``AuthEngine.access_token()`` or the naive refresh."""
 
@@ -302,7 +337,8 @@ class SyncRound:
         self.endpoint = _endpoint(command["token_url"])
         store = open_store(self.spec)
         self.bare: BareFileClient | None = None
-        if self.client == "authfsm":
+        self.store = store
+        if self.client == "authfsm" or self.client.startswith("short"):
             self.engine = AuthEngine(store, self.endpoint, POLICY)  # reads the store
         elif self.client.startswith("bare"):
             self.bare = BareFileClient(self.spec, self.endpoint, bare_cost(self.client))
@@ -317,6 +353,9 @@ class SyncRound:
         try:
             if self.client == "authfsm":
                 token = self.engine.access_token()
+            elif self.client.startswith("short"):
+                assert isinstance(self.store, FileStore)
+                token = short_follower(self.engine, self.store, judge=self.client == "short")
             elif self.bare is not None:
                 token = self.bare.token()
             else:

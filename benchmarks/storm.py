@@ -47,6 +47,12 @@ burn PRE microseconds of CPU after their lock try fails, before they sleep, and 
 wake (client ``bare+PRE/POST``): against the plain bare row of the same run, what each
 microsecond of a follower's own work costs the first token and the p99 at that N.
 
+With ``--short`` the file's process runs add two rows of followers with the engine's flow cut
+away (``short_follower`` in ``_storm_workers.py``): **short** waits on the lock in the kernel,
+reads the store and lets the engine's core judge and adopt the record; **short-read** only
+waits and reads (decoding included). Between bare, short-read, short and authfsm: what the
+read, the judgement and the flow around them each cost the storm.
+
 With ``--encrypted`` the process runs add rows ``file+enc`` and ``redis+enc`` (authfsm only):
 the stores seal every record with ``EncryptedCodec`` (AES-256-GCM, a key the coordinator makes
 and hands the workers in ``AUTHFSM_STORM_KEYS``); their rounds alternate with the plaintext rows'
@@ -366,6 +372,12 @@ def parser() -> argparse.ArgumentParser:
         help="add bare file rows whose followers burn PRE us of CPU before they sleep and POST "
         "us after they wake (what each microsecond of a follower's work costs the storm)",
     )
+    made.add_argument(
+        "--short",
+        action="store_true",
+        help="add file rows of followers with the engine's flow cut away: 'short' (wait on the "
+        "lock, read, the engine's judgement) and 'short-read' (wait, read)",
+    )
     made.add_argument("--write-results", action="store_true", help=f"write {RESULTS.name}")
     made.add_argument(
         "--no-gc-freeze",
@@ -411,6 +423,8 @@ def every_configuration(storm: Storm, args: argparse.Namespace) -> tuple[list[Ro
                 variants.append((store, "bare"))
             if store == "file":
                 variants += [(store, f"bare+{pre}/{post}") for pre, post in args.bare_cost]
+            if store == "file" and args.short:
+                variants += [(store, "short"), (store, "short-read")]
             rows = [Row(kind, n, client) for kind, client in variants]
             processes += storm.configuration(f"{store} N={n}", rows)
     tasks: list[Row] = []

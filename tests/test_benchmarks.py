@@ -51,6 +51,7 @@ class TestStorm:
             "--quick",
             "--quiet-window",
             "--bare-cost",
+            "--short",
         ):
             assert option in done.stdout
 
@@ -58,7 +59,7 @@ class TestStorm:
         done = run_storm(
             "--sizes", "2", "--rounds", "1", "--naive-up-to", "2",
             "--tasks", "3", "--task-procs", "2", "--busy", "1", "--quiet-window", "0",
-            "--bare-cost", "100:200",
+            "--bare-cost", "100:200", "--short",
         )  # fmt: skip
 
         assert 0 == done.returncode, done.stderr
@@ -75,6 +76,9 @@ class TestStorm:
         assert "| file | 2 | bare | 1 | 1 | 0 | 2/2 |" in out
         assert "| file | 2 | bare+100/200 | 1 | 1 | 0 | 2/2 |" in out
         assert "| file (bare+100/200 client) |" in out
+        # Followers with the engine's flow cut away: one call, and both usable.
+        assert "| file | 2 | short | 1 | 1 | 0 | 2/2 |" in out
+        assert "| file | 2 | short-read | 1 | 1 | 0 | 2/2 |" in out
 
     def test_a_follower_cost_is_two_numbers(self):
         done = run_storm("--bare-cost", "100:200,300", "--sizes", "none", "--tasks", "0")
