@@ -118,7 +118,7 @@ def table(rows: list[Row], rounds: int, floor: float) -> str:
     return "\n".join(lines)
 
 
-def _bare(row: Row) -> bool:
+def _floor_like(row: Row) -> bool:
     """A floor-like row: the bare client (plain or ``bare+PRE/POST``), or a short follower."""
     return row.client == "bare" or row.client.startswith(("bare+", "short"))
 
@@ -223,7 +223,7 @@ def report(
             "start instant): their times include that delay."
         )
     if process_rows:
-        authfsm = [row for row in process_rows if row.client == "authfsm" or _bare(row)]
+        authfsm = [row for row in process_rows if row.client == "authfsm" or _floor_like(row)]
         out += [
             "",
             "## Processes",
